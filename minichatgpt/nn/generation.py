@@ -1,0 +1,125 @@
+"""Rollout generation with the KV cache, keeping each sampled token's log-probability.
+
+Hugging Face ``generate`` would give the tokens, but the PPO experience also needs the policy's
+log-probabilities of those tokens; ``generate`` can only return them by keeping a (B, V) logits
+tensor per step. This loop gathers the one needed value per step instead, so the actor needs no
+second forward pass over the rollout.
+"""
+
+import inspect
+from typing import NamedTuple, Optional
+
+import torch
+import torch.nn as nn
+from transformers.generation.logits_process import (LogitsProcessorList, TemperatureLogitsWarper,
+                                                    TopKLogitsWarper, TopPLogitsWarper)
+
+from ..functional import log_probs_from_logits
+
+
+class Rollout(NamedTuple):
+    """Prompts followed by sampled responses. P prompt positions (left-padded), A response positions."""
+
+    sequences: torch.Tensor  # (B, P + A) prompt ids then response ids; pad after each response's EOS
+    attention_mask: torch.Tensor  # (B, P + A) 1 on real prompt and response tokens
+    action_mask: torch.Tensor  # (B, A) 1 on response tokens up to and including the first EOS
+    log_probs: torch.Tensor  # (B, A) float32 log-probs of the sampled tokens under the raw logits
+
+
+def _forward_parameters(model: nn.Module):
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return inspect.signature(base.forward).parameters
+
+
+def accepts_position_ids(model: nn.Module) -> bool:
+    """Whether the underlying Hugging Face model takes ``position_ids`` (BLOOM uses ALiBi and does not)."""
+    return "position_ids" in _forward_parameters(model)
+
+
+def cache_argument(model: nn.Module) -> str:
+    """Name of the KV-cache argument and output field: ``cache`` (transformers >= 5.2x) or the older
+    ``past_key_values``."""
+    return "cache" if "cache" in _forward_parameters(model) else "past_key_values"
+
+
+def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions that count only real tokens, so a left-padded row matches the same row unpadded."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def action_mask_from_tokens(tokens: torch.Tensor, eos_token_id: int) -> torch.Tensor:
+    """(B, A) mask that is 1 up to and including the first EOS of each row, 0 after it."""
+    is_eos = (tokens == eos_token_id).long()
+    eos_before = is_eos.cumsum(-1) - is_eos  # number of EOS strictly before each position
+    return (eos_before == 0).long()
+
+
+def _logits_processors(temperature: float, top_k: int, top_p: float) -> LogitsProcessorList:
+    processors = LogitsProcessorList()
+    if temperature != 1.0:
+        processors.append(TemperatureLogitsWarper(temperature))
+    if top_k and top_k > 0:
+        processors.append(TopKLogitsWarper(top_k))
+    if top_p < 1.0:
+        processors.append(TopPLogitsWarper(top_p))
+    return processors
+
+
+@torch.no_grad()
+def generate(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int,
+             eos_token_id: int, pad_token_id: int, do_sample: bool = True, temperature: float = 1.0,
+             top_k: int = 0, top_p: float = 1.0, generator: Optional[torch.Generator] = None) -> Rollout:
+    """Sample up to ``max_new_tokens`` tokens per row from a causal LM, reusing the KV cache.
+
+    Generation stops early once every row has produced EOS. The returned log-probs are those of the
+    raw policy (temperature 1, no truncation), which is what PPO's ratio needs.
+
+    Args:
+        model: a Hugging Face causal LM (or a peft model around one).
+        input_ids: (B, P) left-padded prompt ids.
+        attention_mask: (B, P) 1 on real prompt tokens.
+        temperature, top_k, top_p: sampling controls (``do_sample=False`` is greedy).
+    """
+    was_training = model.training
+    model.eval()
+    use_position_ids = accepts_position_ids(model)
+    cache_name = cache_argument(model)
+    processors = _logits_processors(temperature, top_k, top_p) if do_sample else LogitsProcessorList()
+
+    attention_mask = attention_mask.long()
+    position_ids = position_ids_from_mask(attention_mask)
+    kwargs = {"position_ids": position_ids} if use_position_ids else {}
+    out = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=True, **kwargs)
+    next_position = position_ids[:, -1:] + 1  # (B, 1)
+
+    finished = torch.zeros(input_ids.size(0), dtype=torch.bool, device=input_ids.device)
+    tokens, log_probs, masks = [], [], []
+    for _ in range(max_new_tokens):
+        logits = out.logits[:, -1].float()  # (B, V)
+        if do_sample:
+            probs = processors(input_ids, logits).softmax(-1)
+            token = torch.multinomial(probs, 1, generator=generator).squeeze(1)
+        else:
+            token = logits.argmax(-1)
+        token = token.masked_fill(finished, pad_token_id)  # (B,)
+        tokens.append(token)
+        log_probs.append(log_probs_from_logits(logits, token))
+        masks.append((~finished).long())
+        finished = finished | (token == eos_token_id)
+        if finished.all():
+            break
+        attention_mask = torch.cat([attention_mask, masks[-1].unsqueeze(1)], dim=1)
+        kwargs = {"position_ids": next_position} if use_position_ids else {}
+        kwargs[cache_name] = getattr(out, cache_name)
+        out = model(input_ids=token.unsqueeze(1), attention_mask=attention_mask, use_cache=True, **kwargs)
+        next_position = next_position + 1
+
+    model.train(was_training)
+    response = torch.stack(tokens, dim=1)  # (B, A)
+    action_mask = torch.stack(masks, dim=1)  # (B, A)
+    return Rollout(
+        sequences=torch.cat([input_ids, response], dim=1),
+        attention_mask=torch.cat([attention_mask[:, :input_ids.size(1)], action_mask], dim=1),
+        action_mask=action_mask,
+        log_probs=torch.stack(log_probs, dim=1) * action_mask,
+    )

@@ -1,0 +1,209 @@
+"""Actor, critic and reward model: thin wrappers over any Hugging Face causal LM.
+
+* ``Actor`` (and ``LM`` for SFT): the causal LM itself; ``forward`` returns logits, the caller turns
+  them into log-probs, entropy or an LM loss with ``minichatgpt.functional``.
+* ``Critic``: the LM's backbone plus a linear value head, one value per response token.
+* ``RewardModel``: backbone plus a linear head, one score per sequence read at the last real token.
+
+Critic and reward model save in the layout of ``AutoModelForSequenceClassification`` (backbone +
+``score`` head, ``num_labels=1``), so plain ``transformers`` loads a trained reward model.
+"""
+
+import os
+from contextlib import nullcontext
+from typing import Optional
+
+import torch
+import torch.nn as nn
+from transformers import AutoModelForSequenceClassification, PreTrainedModel, PreTrainedTokenizerBase
+
+from ..functional import last_token_index
+from .generation import Rollout, accepts_position_ids, generate, position_ids_from_mask
+from .loading import ConfigLike, load_model, read_checkpoint_tensor, to_config
+from .lora import adapters_disabled, apply_lora, is_lora, merged_copy, save_adapter
+
+
+def _build(model: Optional[nn.Module], pretrained: Optional[str], config: ConfigLike, head: str,
+           default_config: Optional[type], checkpoint: bool, lora_rank: int, lora_train_bias: str,
+           lora_alpha: Optional[float], task_type: Optional[str]) -> nn.Module:
+    """Shared constructor logic: pick/load the model, gradient checkpointing, LoRA."""
+    if model is None:
+        if pretrained is None and config is None:
+            if default_config is None:
+                raise ValueError("pass a model, pretrained= (hub name, directory or .gguf file) or config=")
+            config = default_config()
+        model = load_model(pretrained, config, head=head)
+    elif head == "backbone" and hasattr(model, "get_output_embeddings") and model.get_output_embeddings() is not None:
+        model = model.base_model  # a causal LM was given: keep its backbone only
+    if checkpoint:
+        # Non-reentrant checkpointing works with frozen inputs (LoRA) without enable_input_require_grads.
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if lora_rank > 0 and not is_lora(model):
+        model = apply_lora(model, lora_rank, alpha=lora_alpha, train_bias=lora_train_bias, task_type=task_type)
+    return model
+
+
+def _hf_config(model: nn.Module):
+    return (model.get_base_model() if is_lora(model) else model).config
+
+
+def _save_tokenizer(directory: str, tokenizer: Optional[PreTrainedTokenizerBase]) -> None:
+    if tokenizer is not None:
+        tokenizer.save_pretrained(directory)
+
+
+class Actor(nn.Module):
+    """The policy: a causal LM that generates responses and scores their tokens.
+
+    Args:
+        model: an existing Hugging Face causal LM (takes precedence over ``pretrained``/``config``).
+        pretrained: hub name, local ``save_pretrained`` directory, or ``.gguf`` file.
+        config: config (object, dict or path) for a randomly initialized model.
+        checkpoint: enable gradient checkpointing.
+        lora_rank: > 0 adds LoRA adapters of that rank and freezes everything else.
+        lora_train_bias: ``"none"``, ``"all"`` or ``"lora_only"``.
+    """
+
+    default_config: Optional[type] = None
+
+    def __init__(self, model: Optional[PreTrainedModel] = None, *, pretrained: Optional[str] = None,
+                 config: ConfigLike = None, checkpoint: bool = False, lora_rank: int = 0,
+                 lora_train_bias: str = "none", lora_alpha: Optional[float] = None):
+        super().__init__()
+        self.model = _build(model, pretrained, config, "causal_lm", self.default_config, checkpoint, lora_rank,
+                            lora_train_bias, lora_alpha, "CAUSAL_LM")
+        self._use_position_ids = accepts_position_ids(self.model)
+
+    def forward(self, sequences: torch.Tensor, attention_mask: torch.Tensor,
+                num_actions: Optional[int] = None) -> torch.Tensor:
+        """Logits aligned with the tokens they predict.
+
+        Args:
+            sequences: (B, T) token ids (prompts may be left-padded).
+            attention_mask: (B, T).
+            num_actions: A; when given, only the logits that predict the last A tokens are computed.
+        Returns:
+            (B, A, V) logits where ``[:, i]`` predicts ``sequences[:, T - A + i]``; or, with
+            ``num_actions=None``, the usual (B, T, V) next-token logits.
+        """
+        kwargs = {"position_ids": position_ids_from_mask(attention_mask)} if self._use_position_ids else {}
+        if num_actions is None:
+            return self.model(input_ids=sequences, attention_mask=attention_mask, **kwargs).logits
+        # Logits at position t predict token t + 1, so A + 1 positions cover the A response tokens.
+        logits = self.model(input_ids=sequences, attention_mask=attention_mask, logits_to_keep=num_actions + 1,
+                            **kwargs).logits
+        return logits[:, -num_actions - 1:-1]
+
+    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **generate_kwargs) -> Rollout:
+        """Sample responses with the KV cache; see ``minichatgpt.nn.generation.generate``."""
+        return generate(self.model, input_ids, attention_mask, **generate_kwargs)
+
+    def reference(self):
+        """Context in which this actor computes as its frozen base model (LoRA adapters off)."""
+        if not is_lora(self.model):
+            raise ValueError("a shared reference model needs an actor with LoRA adapters (lora_rank > 0)")
+        return adapters_disabled(self.model)
+
+    def save_pretrained(self, directory: str, tokenizer: Optional[PreTrainedTokenizerBase] = None) -> None:
+        """Write a plain Hugging Face directory (adapters merged); adapters also go to ``adapter/``."""
+        os.makedirs(directory, exist_ok=True)
+        merged_copy(self.model).save_pretrained(directory)
+        if is_lora(self.model):
+            save_adapter(self.model, os.path.join(directory, "adapter"))
+        _save_tokenizer(directory, tokenizer)
+
+
+class LM(Actor):
+    """The causal LM trained by SFT: the same module as ``Actor`` (``forward`` returns logits)."""
+
+
+class _ScalarHeadModel(nn.Module):
+    """Backbone + bias-free linear head; shared storage for ``Critic`` and ``RewardModel``."""
+
+    default_config: Optional[type] = None
+
+    def __init__(self, model: Optional[nn.Module] = None, value_head: Optional[nn.Linear] = None, *,
+                 pretrained: Optional[str] = None, config: ConfigLike = None, checkpoint: bool = False,
+                 lora_rank: int = 0, lora_train_bias: str = "none", lora_alpha: Optional[float] = None):
+        super().__init__()
+        self.model = _build(model, pretrained, config, "backbone", self.default_config, checkpoint, lora_rank,
+                            lora_train_bias, lora_alpha, "FEATURE_EXTRACTION")
+        hidden_size = _hf_config(self.model).hidden_size
+        if value_head is None:
+            value_head = nn.Linear(hidden_size, 1, bias=False)
+            saved = read_checkpoint_tensor(pretrained, "score.weight") if pretrained and os.path.isdir(pretrained) else None
+            if saved is not None and saved.shape == value_head.weight.shape:
+                value_head.weight.data.copy_(saved)
+            else:
+                nn.init.normal_(value_head.weight, std=1.0 / (hidden_size + 1) ** 0.5)
+        self.value_head = value_head
+        self._use_position_ids = accepts_position_ids(self.model)
+
+    def _hidden_states(self, sequences: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        kwargs = {"position_ids": position_ids_from_mask(attention_mask)} if self._use_position_ids else {}
+        return self.model(input_ids=sequences, attention_mask=attention_mask, **kwargs).last_hidden_state
+
+    def save_pretrained(self, directory: str, tokenizer: Optional[PreTrainedTokenizerBase] = None) -> None:
+        """Write an ``AutoModelForSequenceClassification`` directory (``num_labels=1``, ``score`` head)."""
+        os.makedirs(directory, exist_ok=True)
+        backbone = merged_copy(self.model)
+        config = to_config(backbone.config.to_dict())
+        config.num_labels = 1
+        if tokenizer is not None:
+            config.pad_token_id = tokenizer.pad_token_id
+        with torch.device("meta"):
+            classifier = AutoModelForSequenceClassification.from_config(config)
+        state = {f"{classifier.base_model_prefix}.{k}": v for k, v in backbone.state_dict().items()}
+        state["score.weight"] = self.value_head.weight
+        classifier.load_state_dict(state, strict=False, assign=True)
+        classifier.tie_weights()
+        classifier.save_pretrained(directory)
+        if is_lora(self.model):
+            save_adapter(self.model, os.path.join(directory, "adapter"))
+        _save_tokenizer(directory, tokenizer)
+
+
+class Critic(_ScalarHeadModel):
+    """Value function: one value per response token, for the state before that token is generated."""
+
+    def forward(self, sequences: torch.Tensor, attention_mask: torch.Tensor, num_actions: int) -> torch.Tensor:
+        """Values (B, A) of the last A tokens: hidden state at t - 1 gives the value before token t."""
+        hidden = self._hidden_states(sequences, attention_mask)[:, -num_actions - 1:-1]  # (B, A, H)
+        return self.value_head(hidden).squeeze(-1).float()
+
+
+class RewardModel(_ScalarHeadModel):
+    """Scores whole sequences: (B,) read at the last real (non-pad) token, whatever the padding side.
+
+    ``use_base_weights=True`` makes a LoRA backbone score with its adapters disabled; this is how a
+    reward model shares one frozen backbone with a LoRA critic that was initialized from it.
+    """
+
+    def __init__(self, model: Optional[nn.Module] = None, value_head: Optional[nn.Linear] = None, *,
+                 use_base_weights: bool = False, **kwargs):
+        super().__init__(model, value_head, **kwargs)
+        if use_base_weights and not is_lora(self.model):
+            raise ValueError("use_base_weights=True needs a LoRA backbone")
+        self.use_base_weights = use_base_weights
+
+    @classmethod
+    def sharing_backbone(cls, critic: Critic) -> "RewardModel":
+        """A reward model that reuses ``critic``'s frozen base weights and a frozen copy of its head.
+
+        Valid when the critic was initialized from the reward model and trains only LoRA adapters
+        (``lora_train_bias="none"``) and its own value head.
+        """
+        peft_config = getattr(critic.model, "peft_config", {}).get("default")
+        if peft_config is None or peft_config.bias != "none":
+            raise ValueError("sharing a backbone needs a LoRA critic with lora_train_bias='none'")
+        head = nn.Linear(critic.value_head.in_features, 1, bias=False)
+        head.weight.data.copy_(critic.value_head.weight.data)
+        head.requires_grad_(False)
+        return cls(critic.model, head, use_base_weights=True)
+
+    def forward(self, sequences: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        with adapters_disabled(self.model) if self.use_base_weights else nullcontext():
+            hidden = self._hidden_states(sequences, attention_mask)  # (B, T, H)
+        last = last_token_index(attention_mask)  # (B,)
+        hidden = hidden[torch.arange(hidden.size(0), device=hidden.device), last]  # (B, H)
+        return self.value_head(hidden).squeeze(-1).float()

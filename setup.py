@@ -1,0 +1,31 @@
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+
+def read_requirements(name):
+    lines = Path(__file__).with_name(name).read_text().splitlines()
+    return [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+
+
+setup(
+    name="minichatgpt",
+    version="0.1.0",
+    description="The ChatGPT training recipe (SFT -> reward model -> PPO, with LoRA and PPO-ptx) on any "
+    "Hugging Face causal LM, from one CPU to many GPU nodes.",
+    long_description=Path(__file__).with_name("README.md").read_text(),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    packages=find_packages(include=["minichatgpt", "minichatgpt.*"]),
+    python_requires=">=3.9",
+    install_requires=read_requirements("requirements.txt"),
+    extras_require={
+        "dev": ["pytest>=7", "pytest-timeout>=2", "hypothesis>=6"],
+        "deepspeed": ["deepspeed>=0.14"],
+        # colossalai pins torch<=2.5.1 and transformers==4.51.3: install it into its own environment.
+        "colossalai": ["colossalai>=0.4"],
+        "gguf": ["gguf>=0.10"],
+        "tensorboard": ["tensorboard>=2.14"],
+    },
+    entry_points={"console_scripts": ["minichatgpt=minichatgpt.cli:main"]},
+)

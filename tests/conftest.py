@@ -1,0 +1,61 @@
+"""Shared fixtures: tiny models of each family saved to disk, and the demo word tokenizer.
+
+Every model is built from a config (2 layers, 32-64 wide), saved with ``save_pretrained`` and loaded
+back through the library's real loading path; nothing is downloaded.
+"""
+
+import os
+import warnings
+
+import pytest
+import torch
+
+from minichatgpt.demo import build_word_tokenizer
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+warnings.filterwarnings("ignore", message=".*fan_in_fan_out.*")
+
+SHARED = os.path.join(os.path.dirname(__file__), "..", "..", "shared")
+SHARED_DATA = os.path.join(SHARED, "data")
+SMOLLM2_GGUF = os.path.join(SHARED, "models", "smollm2-135m-instruct", "SmolLM2-135M-Instruct.Q4_1.gguf")
+
+FAMILIES = ("gpt2", "opt", "bloom", "llama")
+
+
+def tiny_config(family: str, vocab_size: int = 77) -> dict:
+    """Config dict of a 2-layer model of ``family`` with ``vocab_size`` tokens (ids 0 pad, 2 EOS)."""
+    common = {"vocab_size": vocab_size, "pad_token_id": 0, "bos_token_id": 2, "eos_token_id": 2}
+    return {
+        "gpt2": dict(model_type="gpt2", n_layer=2, n_embd=32, n_head=2, n_positions=128, **common),
+        "opt": dict(model_type="opt", num_hidden_layers=2, hidden_size=32, ffn_dim=64, num_attention_heads=2,
+                    word_embed_proj_dim=32, max_position_embeddings=128, **common),
+        "bloom": dict(model_type="bloom", n_layer=2, hidden_size=32, n_head=2, **common),
+        "llama": dict(model_type="llama", num_hidden_layers=2, hidden_size=32, intermediate_size=64,
+                      num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=128, **common),
+    }[family]
+
+
+@pytest.fixture(scope="session")
+def word_tokenizer():
+    return build_word_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dirs(tmp_path_factory, word_tokenizer):
+    """{family: directory} of tiny causal LMs saved with ``save_pretrained`` (plus the tokenizer)."""
+    from minichatgpt.nn import load_model
+
+    dirs = {}
+    for family in FAMILIES:
+        torch.manual_seed(0)
+        model = load_model(config=tiny_config(family, len(word_tokenizer)))
+        path = str(tmp_path_factory.mktemp(f"tiny-{family}"))
+        model.save_pretrained(path)
+        word_tokenizer.save_pretrained(path)
+        dirs[family] = path
+    return dirs
+
+
+def requires_shared(path: str):
+    return pytest.mark.skipif(not os.path.exists(path), reason=f"{path} is absent (shared/ is not in a fresh clone)")
