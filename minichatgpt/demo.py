@@ -16,7 +16,7 @@ adjectives, in [0, 1]; a response with no adjective scores 0.
 """
 
 import random
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import GPT2Config, PreTrainedTokenizerFast
@@ -88,9 +88,16 @@ def ground_truth_score(prompt: str, response: str) -> float:
     return len(fitting) / len(adjectives)
 
 
-def _question(rng: random.Random) -> (str, str):
-    obj = rng.choice(sorted(OBJECT_CATEGORY))
-    return rng.choice(QUESTIONS).format(obj), obj
+# A fixed quarter of the (question, object) combinations never appears in training data; evaluation
+# prompts are drawn from it, so "held-out" means unseen prompts, not just another sample.
+_COMBINATIONS = [(q, o) for q in QUESTIONS for o in sorted(OBJECT_CATEGORY)]
+random.Random(1234).shuffle(_COMBINATIONS)
+SPLITS = {"eval": _COMBINATIONS[:len(_COMBINATIONS) // 4], "train": _COMBINATIONS[len(_COMBINATIONS) // 4:]}
+
+
+def _question(rng: random.Random, split: str) -> Tuple[str, str]:
+    question, obj = rng.choice(SPLITS[split])
+    return question.format(obj), obj
 
 
 def _demonstration(rng: random.Random, obj: str) -> str:
@@ -100,22 +107,22 @@ def _demonstration(rng: random.Random, obj: str) -> str:
     return f"{rng.choice(FILLERS).format(obj)} {listed} ."
 
 
-def sft_records(n: int, seed: int = 0) -> List[dict]:
+def sft_records(n: int, seed: int = 0, split: str = "train") -> List[dict]:
     """``n`` Alpaca-style ``{"instruction", "output"}`` demonstrations."""
     rng = random.Random(seed)
     records = []
     for _ in range(n):
-        question, obj = _question(rng)
+        question, obj = _question(rng, split)
         records.append({"instruction": question, "output": _demonstration(rng, obj)})
     return records
 
 
-def preference_records(n: int, seed: int = 1) -> List[dict]:
+def preference_records(n: int, seed: int = 1, split: str = "train") -> List[dict]:
     """``n`` ``{"prompt", "chosen", "rejected"}`` pairs of demonstrations ranked by the hidden rule."""
     rng = random.Random(seed)
     records = []
     while len(records) < n:
-        question, obj = _question(rng)
+        question, obj = _question(rng, split)
         a, b = _demonstration(rng, obj), _demonstration(rng, obj)
         score_a, score_b = ground_truth_score(question, a), ground_truth_score(question, b)
         if score_a == score_b:
@@ -125,7 +132,7 @@ def preference_records(n: int, seed: int = 1) -> List[dict]:
     return records
 
 
-def prompt_records(n: int, seed: int = 2) -> List[dict]:
-    """``n`` ``{"instruction"}`` prompts for PPO and evaluation."""
+def prompt_records(n: int, seed: int = 2, split: str = "train") -> List[dict]:
+    """``n`` ``{"instruction"}`` prompts for PPO (``split="train"``) or evaluation (``split="eval"``)."""
     rng = random.Random(seed)
-    return [{"instruction": _question(rng)[0]} for _ in range(n)]
+    return [{"instruction": _question(rng, split)[0]} for _ in range(n)]

@@ -7,13 +7,14 @@ back through the library's real loading path; nothing is downloaded.
 import os
 import warnings
 
-import pytest
-import torch
-
-from minichatgpt.demo import build_word_tokenizer
-
+# Before anything imports huggingface_hub, which reads these once.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from minichatgpt.demo import build_word_tokenizer  # noqa: E402
 warnings.filterwarnings("ignore", message=".*fan_in_fan_out.*")
 
 SHARED = os.path.join(os.path.dirname(__file__), "..", "..", "shared")

@@ -109,9 +109,9 @@ def load_tokenizer(pretrained: str, eos_token: Optional[str] = None, pad_token: 
     vocab = tokenizer.get_vocab()
     if eos_token is None and tokenizer.eos_token == "<|im_start|>" and "<|im_end|>" in vocab:
         eos_token = "<|im_end|>"
-    if pad_token is None and tokenizer.pad_token is None and "<|endoftext|>" in vocab \
-            and "<|endoftext|>" != (eos_token or tokenizer.eos_token):
-        pad_token = "<|endoftext|>"
+    eos = eos_token or tokenizer.eos_token
+    if pad_token is None and tokenizer.pad_token in (None, eos) and "<|endoftext|>" in vocab and eos != "<|endoftext|>":
+        pad_token = "<|endoftext|>"  # a pad distinct from EOS keeps response ends unambiguous
     return prepare_tokenizer(tokenizer, eos_token=eos_token, pad_token=pad_token)
 
 

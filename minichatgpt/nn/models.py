@@ -19,7 +19,7 @@ from transformers import AutoModelForSequenceClassification, PreTrainedModel, Pr
 
 from ..functional import last_token_index
 from .generation import Rollout, accepts_position_ids, generate, position_ids_from_mask
-from .loading import ConfigLike, load_model, read_checkpoint_tensor, to_config
+from .loading import ConfigLike, load_model, quiet_transformers, read_checkpoint_tensor, to_config
 from .lora import adapters_disabled, apply_lora, is_lora, merged_copy, save_adapter
 
 
@@ -107,7 +107,8 @@ class Actor(nn.Module):
     def save_pretrained(self, directory: str, tokenizer: Optional[PreTrainedTokenizerBase] = None) -> None:
         """Write a plain Hugging Face directory (adapters merged); adapters also go to ``adapter/``."""
         os.makedirs(directory, exist_ok=True)
-        merged_copy(self.model).save_pretrained(directory)
+        with quiet_transformers():
+            merged_copy(self.model).save_pretrained(directory)
         if is_lora(self.model):
             save_adapter(self.model, os.path.join(directory, "adapter"))
         _save_tokenizer(directory, tokenizer)
@@ -157,7 +158,8 @@ class _ScalarHeadModel(nn.Module):
         state["score.weight"] = self.value_head.weight
         classifier.load_state_dict(state, strict=False, assign=True)
         classifier.tie_weights()
-        classifier.save_pretrained(directory)
+        with quiet_transformers():
+            classifier.save_pretrained(directory)
         if is_lora(self.model):
             save_adapter(self.model, os.path.join(directory, "adapter"))
         _save_tokenizer(directory, tokenizer)

@@ -1,0 +1,46 @@
+"""The ``minichatgpt`` command: ``pipeline``, ``sft``, ``rm``, ``ppo``, ``chat``, ``serve``."""
+
+import argparse
+import sys
+from typing import List, Optional
+
+COMMANDS = {
+    "pipeline": ("minichatgpt.recipes.pipeline", "SFT -> reward model -> PPO -> evaluation, in one run"),
+    "sft": ("minichatgpt.recipes.sft", "stage 1: supervised fine-tuning (examples/train_sft.py)"),
+    "rm": ("minichatgpt.recipes.rm", "stage 2: reward-model training (examples/train_reward_model.py)"),
+    "ppo": ("minichatgpt.recipes.ppo", "stage 3: PPO(-ptx) on prompts (examples/train_prompts.py)"),
+}
+SERVING = {"chat": "multi-turn chat in the terminal", "serve": "OpenAI-compatible HTTP server with a web page"}
+
+
+def usage() -> str:
+    lines = ["usage: minichatgpt COMMAND [options]   (minichatgpt COMMAND --help for its options)", "", "commands:"]
+    lines += [f"  {name:<10}{doc}" for name, (_, doc) in COMMANDS.items()]
+    lines += [f"  {name:<10}{doc}" for name, doc in SERVING.items()]
+    return "\n".join(lines)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage())
+        return 0
+    command, rest = argv[0], argv[1:]
+    if command in COMMANDS:
+        import importlib
+
+        importlib.import_module(COMMANDS[command][0]).main(rest)
+        return 0
+    if command in SERVING:
+        from .serving.cli import register
+
+        parser = argparse.ArgumentParser(prog="minichatgpt")
+        register(parser.add_subparsers(dest="command", required=True))
+        args = parser.parse_args([command] + rest)
+        return args.func(args) or 0
+    print(f"minichatgpt: unknown command {command!r}\n\n{usage()}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

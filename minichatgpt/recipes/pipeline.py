@@ -1,0 +1,159 @@
+"""The whole recipe in one command: SFT, then the reward model (from the SFT model), then PPO (actor
+from the SFT model, critic from the reward model), then an evaluation on held-out prompts.
+
+Writes ``OUTPUT_DIR/{sft,rm,ppo}`` model directories, ``metrics.jsonl`` (every stage),
+``summary.json`` and ``ppo.png`` (reward, KL and response length over PPO steps), and prints a
+summary table. With no arguments it runs the built-in task (see ``minichatgpt.demo``), where the
+hidden ground-truth rule measures whether RLHF improved the policy.
+"""
+
+import argparse
+import json
+import os
+import shlex
+import time
+from typing import List, Optional
+
+import torch
+
+from .. import demo
+from ..data import PreferenceCollator, PreferenceDataset
+from ..nn import Actor, RewardModel, load_tokenizer
+from ..trainer.rm import evaluate_pairs
+from ..trainer.strategies import STRATEGY_NAMES
+from . import ppo, rm, sft
+from .common import write_json
+from .evaluate import evaluate_policy
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--output_dir", default="outputs/pipeline")
+    parser.add_argument("--pretrain", default=None, help="starting model (default: the built-in tiny model)")
+    parser.add_argument("--sft_dataset", default=None)
+    parser.add_argument("--rm_dataset", default=None)
+    parser.add_argument("--prompt_dataset", default=None)
+    parser.add_argument("--strategy", default="naive", choices=STRATEGY_NAMES)
+    parser.add_argument("--lora_rank", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--eval_prompts", type=int, default=256, help="held-out prompts for the final evaluation")
+    parser.add_argument("--sft_args", default="", help="extra flags for the SFT stage, e.g. \"--max_epochs 2\"")
+    parser.add_argument("--rm_args", default="", help="extra flags for the reward-model stage")
+    parser.add_argument("--ppo_args", default="", help="extra flags for the PPO stage")
+    return parser
+
+
+def _flags(options: dict) -> List[str]:
+    return [item for key, value in options.items() for item in (f"--{key}", str(value))]
+
+
+def _stage_argv(args, stage_defaults: dict, demo_mode: bool, extra: str, **options) -> List[str]:
+    options = {k: v for k, v in options.items() if v is not None}
+    defaults = _flags(stage_defaults) if demo_mode else []
+    return defaults + _flags(options) + shlex.split(extra)
+
+
+def _plot(metrics_path: str, png_path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with open(metrics_path) as f:
+        rows = [r for r in map(json.loads, f) if r.get("stage") == "ppo" and "reward" in r]
+    if not rows:
+        return
+    steps = [r["step"] for r in rows]
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.2))
+    for ax, key, title in zip(axes, ("reward", "kl", "response_length"),
+                              ("reward-model score", "KL to reference (per sequence)", "response length")):
+        ax.plot(steps, [r[key] for r in rows], marker="o", markersize=3)
+        ax.set_title(title)
+        ax.set_xlabel("PPO step")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=110)
+    plt.close(fig)
+
+
+def evaluate(args, out: str) -> dict:
+    """SFT vs PPO policy on held-out prompts, and the reward model on held-out pairs."""
+    demo_mode = args.pretrain is None and args.prompt_dataset is None
+    tokenizer = load_tokenizer(os.path.join(out, "sft"))
+    sft_model, ppo_model = Actor(pretrained=os.path.join(out, "sft")).eval(), Actor(pretrained=os.path.join(out, "ppo")).eval()
+    reward_model = RewardModel(pretrained=os.path.join(out, "rm")).eval()
+    if demo_mode:
+        prompts = [[{"role": "user", "content": r["instruction"]}]
+                   for r in demo.prompt_records(args.eval_prompts, seed=args.seed + 3, split="eval")]
+        pairs = demo.preference_records(512, seed=args.seed + 4, split="eval")
+    else:
+        from ..data import PromptDataset
+
+        dataset = PromptDataset(args.prompt_dataset, tokenizer, max_datasets_size=args.eval_prompts)
+        prompts, pairs = dataset.messages, args.rm_dataset
+    common = dict(reference=sft_model, reward_model=reward_model, score_fn=demo.ground_truth_score if demo_mode else None,
+                  seed=args.seed, max_new_tokens=ppo.DEMO_DEFAULTS["max_new_tokens"] if demo_mode else 64)
+    result = {"sft": evaluate_policy(sft_model, tokenizer, prompts, **common),
+              "ppo": evaluate_policy(ppo_model, tokenizer, prompts, **common)}
+    if pairs is not None:
+        max_len = rm.DEMO_DEFAULTS["max_len"] if demo_mode else 512
+        loader = torch.utils.data.DataLoader(PreferenceDataset(pairs, tokenizer, max_len=max_len, max_datasets_size=512),
+                                             batch_size=64, collate_fn=PreferenceCollator(tokenizer.pad_token_id))
+        sums = evaluate_pairs(reward_model, loader, "cpu")
+        result["rm_heldout_accuracy"] = sums["correct"] / max(sums["count"], 1)
+    return result
+
+
+def format_summary(summary: dict) -> str:
+    ev = summary["evaluation"]
+    lines = ["| policy | ground truth | reward-model score | KL to SFT | response length |", "|---|---|---|---|---|"]
+    for name in ("sft", "ppo"):
+        e = ev[name]
+        gt = f"{e['ground_truth']:.3f}" if "ground_truth" in e else "n/a"
+        lines.append(f"| {name} | {gt} | {e['reward_model_score']:.3f} | {e['kl_to_reference']:.3f} | "
+                     f"{e['response_length']:.1f} |")
+    if "rm_heldout_accuracy" in ev:
+        lines.append(f"\nreward model held-out accuracy: {ev['rm_heldout_accuracy']:.3f}")
+    lines.append("stage wall time (s): " + ", ".join(f"{k} {v:.1f}" for k, v in summary["wall_time_s"].items()))
+    return "\n".join(lines)
+
+
+def main(argv: Optional[List[str]] = None) -> dict:
+    args = build_parser().parse_args(argv)
+    out = args.output_dir
+    os.makedirs(out, exist_ok=True)
+    metrics_path = os.path.join(out, "metrics.jsonl")
+    if os.path.exists(metrics_path):
+        os.remove(metrics_path)  # a rerun into the same directory starts a fresh log
+    base = dict(strategy=args.strategy, seed=args.seed, metrics_path=metrics_path)
+    wall, results = {}, {}
+
+    start = time.perf_counter()
+    results["sft"] = sft.main(_stage_argv(args, sft.DEMO_DEFAULTS, args.pretrain is None and args.sft_dataset is None,
+                                          args.sft_args, pretrain=args.pretrain, dataset=args.sft_dataset,
+                                          save_path=os.path.join(out, "sft"), lora_rank=args.lora_rank or None,
+                                          **base))
+    wall["sft"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    results["rm"] = rm.main(_stage_argv(args, rm.DEMO_DEFAULTS, args.pretrain is None and args.rm_dataset is None,
+                                        args.rm_args, pretrain=os.path.join(out, "sft"), dataset=args.rm_dataset,
+                                        save_path=os.path.join(out, "rm"), **base))
+    wall["rm"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    ppo_result = ppo.run(ppo.build_parser().parse_args(_stage_argv(
+        args, ppo.DEMO_DEFAULTS, args.pretrain is None and args.prompt_dataset is None, args.ppo_args,
+        pretrain=os.path.join(out, "sft"), rm_pretrain=os.path.join(out, "rm"), prompt_path=args.prompt_dataset,
+        save_path=os.path.join(out, "ppo"), lora_rank=args.lora_rank or None, **base)))
+    results["ppo"] = ppo_result["metrics"]
+    wall["ppo"] = time.perf_counter() - start
+
+    summary = {"stages": results, "wall_time_s": wall, "performance": ppo_result["performance"]}
+    if not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0:
+        summary["evaluation"] = evaluate(args, out)
+        write_json(os.path.join(out, "summary.json"), summary)
+        _plot(metrics_path, os.path.join(out, "ppo.png"))
+        print(format_summary(summary))
+        print(f"models, metrics.jsonl, summary.json and ppo.png are in {out}")
+    return summary

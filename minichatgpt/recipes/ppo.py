@@ -1,0 +1,145 @@
+"""Stage 3 recipe: PPO(-ptx) on prompts (``examples/train_prompts.py``, ``minichatgpt ppo``).
+
+The actor starts from ``--pretrain`` (the SFT model), the critic and reward model from
+``--rm_pretrain`` (the trained reward model; ``--rm_path`` may add a state dict saved by
+``strategy.save_model``). With LoRA (``--lora_rank > 0``) the reference policy is the actor with its
+adapters off and the reward model shares the critic's frozen backbone, so neither needs a copy.
+"""
+
+import argparse
+import copy
+import os
+from typing import List, Optional
+
+import torch
+
+from .. import demo
+from ..data import PretrainDataset, PromptCollator, PromptDataset, SFTCollator
+from ..nn import Actor, Critic, RewardModel
+from ..trainer import PerformanceEvaluator, PPOTrainer
+from ..trainer.strategies.utils import load_state_dict
+from ..trainer.utils import save_pretrained
+from .common import add_common_arguments, build_tokenizer, metrics_logger, parse_with_demo_defaults, setup
+
+DEMO_DEFAULTS = dict(num_episodes=12, max_timesteps=4, update_timesteps=4, experience_batch_size=32,
+                     train_batch_size=32, max_epochs=2, max_new_tokens=14, max_input_len=32, actor_lr=5e-5,
+                     critic_lr=5e-4, kl_coef=0.02, log_interval=1)
+DEMO_PROMPTS = 512
+
+
+def build_parser(parser: Optional[argparse.ArgumentParser] = None) -> argparse.ArgumentParser:
+    parser = parser or argparse.ArgumentParser(description=__doc__)
+    add_common_arguments(parser)
+    parser.add_argument("--prompt_path", default=None,
+                        help="prompts (instruction/prompt/messages fields, or hh-rlhf dialogues); default: built-in")
+    parser.add_argument("--pretrain_dataset", default=None, help="PPO-ptx data ({'text'} records or SFT formats)")
+    parser.add_argument("--rm_pretrain", default=None, help="reward model / critic start (default: --pretrain)")
+    parser.add_argument("--rm_model", default="auto", help="reward model family; kept for compatibility")
+    parser.add_argument("--rm_path", default=None, help="reward-model state dict (.pt/.safetensors) to load")
+    parser.add_argument("--no_shared_reference", action="store_true",
+                        help="with LoRA, keep a separate reference model and reward model anyway")
+    parser.add_argument("--num_episodes", type=int, default=10)
+    parser.add_argument("--max_timesteps", type=int, default=10, help="prompt batches per episode")
+    parser.add_argument("--update_timesteps", type=int, default=10, help="prompt batches between PPO updates")
+    parser.add_argument("--max_epochs", type=int, default=5, help="passes over the replay buffer per update")
+    parser.add_argument("--train_batch_size", type=int, default=8)
+    parser.add_argument("--experience_batch_size", type=int, default=8, help="prompts per rollout batch")
+    parser.add_argument("--ptx_batch_size", type=int, default=1)
+    parser.add_argument("--ptx_coef", type=float, default=0.9, help="loss = (1 - c) * policy + c * ptx")
+    parser.add_argument("--kl_coef", type=float, default=0.1)
+    parser.add_argument("--target_kl", type=float, default=None, help="adaptive KL controller target (per sequence)")
+    parser.add_argument("--kl_horizon", type=int, default=10000)
+    parser.add_argument("--kl_estimator", default="k1", choices=("k1", "k3"))
+    parser.add_argument("--gamma", type=float, default=1.0)
+    parser.add_argument("--lam", type=float, default=0.95)
+    parser.add_argument("--eps_clip", type=float, default=0.2)
+    parser.add_argument("--value_clip", type=float, default=0.4)
+    parser.add_argument("--score_clip", type=float, default=None)
+    parser.add_argument("--normalize_scores", action="store_true", help="running standardization of RM scores")
+    parser.add_argument("--actor_lr", type=float, default=1e-6)
+    parser.add_argument("--critic_lr", type=float, default=1e-5)
+    parser.add_argument("--max_grad_norm", type=float, default=1.0)
+    parser.add_argument("--max_input_len", type=int, default=96, help="prompt tokens kept (left-truncated)")
+    parser.add_argument("--max_new_tokens", type=int, default=64)
+    parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--top_k", type=int, default=0)
+    parser.add_argument("--top_p", type=float, default=1.0)
+    parser.add_argument("--greedy", action="store_true", help="greedy rollouts instead of sampling")
+    parser.add_argument("--buffer_limit", type=int, default=0)
+    parser.add_argument("--sample_replay_buffer", action="store_true")
+    parser.epilog = f"With neither --pretrain nor --prompt_path the built-in demo runs, with defaults {DEMO_DEFAULTS}."
+    return parser
+
+
+def build_models(args: argparse.Namespace, tokenizer):
+    """Actor, critic, reward model and reference model (None when shared with the actor via LoRA)."""
+    if args.pretrain is None:
+        raise ValueError("--pretrain (the SFT model) is required; `minichatgpt pipeline` trains one first")
+    lora = dict(lora_rank=args.lora_rank, lora_train_bias=args.lora_train_bias)
+    share = args.lora_rank > 0 and not args.no_shared_reference
+    actor = Actor(pretrained=args.pretrain, checkpoint=args.grad_checkpoint, **lora)
+    reference = None if share else Actor(pretrained=args.pretrain)
+    reward_model = RewardModel(pretrained=args.rm_pretrain or args.pretrain)
+    if args.rm_path:
+        reward_model.load_state_dict(load_state_dict(args.rm_path))
+    critic = Critic(copy.deepcopy(reward_model.model), copy.deepcopy(reward_model.value_head),
+                    checkpoint=args.grad_checkpoint, **lora)
+    if share and args.lora_train_bias == "none":
+        reward_model = RewardModel.sharing_backbone(critic)  # drop the copy: RM = critic with adapters off
+    for model in (reward_model, reference):
+        if model is not None:
+            model.requires_grad_(False)
+    return actor, critic, reward_model, reference
+
+
+def run(args: argparse.Namespace) -> dict:
+    """Train the policy; returns the last PPO metrics and the performance summary."""
+    strategy = setup(args)
+    tokenizer = build_tokenizer(args)
+    with strategy.model_init_context():
+        actor, critic, reward_model, reference = build_models(args, tokenizer)
+    prompts = PromptDataset(args.prompt_path or demo.prompt_records(DEMO_PROMPTS, seed=args.seed + 2), tokenizer,
+                            max_len=args.max_input_len, max_datasets_size=args.max_datasets_size)
+    prompt_loader = strategy.setup_dataloader(prompts, args.experience_batch_size, shuffle=True,
+                                              collate_fn=PromptCollator(tokenizer.pad_token_id), seed=args.seed)
+    pretrain_loader = None
+    if args.pretrain_dataset:
+        ptx = PretrainDataset(args.pretrain_dataset, tokenizer, max_len=args.max_len,
+                              max_datasets_size=args.max_datasets_size)
+        pretrain_loader = strategy.setup_dataloader(ptx, args.ptx_batch_size, shuffle=True,
+                                                    collate_fn=SFTCollator(tokenizer.pad_token_id), seed=args.seed)
+
+    actor_optim = torch.optim.Adam([p for p in actor.parameters() if p.requires_grad], lr=args.actor_lr)
+    critic_optim = torch.optim.Adam([p for p in critic.parameters() if p.requires_grad], lr=args.critic_lr)
+    (actor, actor_optim), (critic, critic_optim), reward_model, reference = strategy.prepare(
+        (actor, actor_optim), (critic, critic_optim), reward_model, reference)
+
+    performance = PerformanceEvaluator()
+    logger = metrics_logger(args, "ppo")
+    trainer = PPOTrainer(strategy, actor, critic, reward_model, reference, actor_optim, critic_optim,
+                         kl_coef=args.kl_coef, ptx_coef=args.ptx_coef, train_batch_size=args.train_batch_size,
+                         buffer_limit=args.buffer_limit, eps_clip=args.eps_clip, value_clip=args.value_clip,
+                         experience_batch_size=args.experience_batch_size, max_epochs=args.max_epochs,
+                         tokenizer=tokenizer, sample_replay_buffer=args.sample_replay_buffer,
+                         callbacks=[performance] + ([logger] if logger else []), gamma=args.gamma, lam=args.lam,
+                         kl_estimator=args.kl_estimator, score_clip=args.score_clip,
+                         normalize_scores=args.normalize_scores, target_kl=args.target_kl,
+                         kl_horizon=args.kl_horizon, max_grad_norm=args.max_grad_norm,
+                         max_new_tokens=args.max_new_tokens, do_sample=not args.greedy,
+                         temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
+    metrics = trainer.fit(prompt_loader, pretrain_loader, num_episodes=args.num_episodes,
+                          max_timesteps=args.max_timesteps, update_timesteps=args.update_timesteps)
+    if args.save_path:
+        save_pretrained(strategy, actor, args.save_path, tokenizer)
+        save_pretrained(strategy, critic, os.path.join(args.save_path, "critic"), tokenizer)
+    return {"metrics": metrics, "performance": performance.summary()}
+
+
+def main(argv: Optional[List[str]] = None) -> dict:
+    args = parse_with_demo_defaults(build_parser(), argv, DEMO_DEFAULTS, "prompt_path")
+    if args.pretrain is None:
+        # The embedded default: train the built-in SFT and reward models first, as the pipeline does.
+        from .pipeline import main as pipeline_main
+
+        return pipeline_main(["--output_dir", args.save_path or "outputs/pipeline", "--seed", str(args.seed)])
+    return run(args)

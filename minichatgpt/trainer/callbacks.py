@@ -1,0 +1,146 @@
+"""Trainer callbacks: metric logging, performance measurement, periodic checkpoints.
+
+Trainers call the hooks below; a callback overrides only those it needs. Hooks run on every rank;
+the callbacks that write files do so on rank 0 only.
+"""
+
+import json
+import os
+import time
+from collections import defaultdict
+from typing import Dict, Optional
+
+import torch
+
+
+def _is_rank0() -> bool:
+    return not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0
+
+
+class Callback:
+    """No-op hooks. ``phase`` is one of ``generation``, ``experience``, ``training``."""
+
+    def on_fit_start(self, trainer) -> None: ...
+
+    def on_fit_end(self, trainer) -> None: ...
+
+    def on_episode_start(self, episode: int) -> None: ...
+
+    def on_episode_end(self, episode: int) -> None: ...
+
+    def on_phase_start(self, phase: str) -> None: ...
+
+    def on_phase_end(self, phase: str, num_samples: int, num_tokens: int, flops: float) -> None: ...
+
+    def on_log(self, step: int, metrics: Dict[str, float]) -> None: ...
+
+
+class MetricsLogger(Callback):
+    """Appends ``{"stage", "step", **metrics}`` lines to a JSONL file, and to TensorBoard when installed.
+
+    Args:
+        path: JSONL file (appended to, so the stages of a pipeline share one file).
+        stage: name written on every line (``sft``, ``rm``, ``ppo``).
+        tensorboard_dir: event directory; ignored with a note when ``tensorboard`` is not installed.
+    """
+
+    def __init__(self, path: str, stage: str, tensorboard_dir: Optional[str] = None):
+        self.path, self.stage, self.writer = path, stage, None
+        if not _is_rank0():
+            return
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        if tensorboard_dir:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.writer = SummaryWriter(tensorboard_dir)
+            except ImportError:
+                print("tensorboard is not installed (pip install minichatgpt[tensorboard]); logging to JSONL only")
+
+    def on_log(self, step: int, metrics: Dict[str, float]) -> None:
+        if not _is_rank0():
+            return
+        with open(self.path, "a") as f:
+            f.write(json.dumps({"stage": self.stage, "step": step, **metrics}) + "\n")
+        if self.writer is not None:
+            for name, value in metrics.items():
+                self.writer.add_scalar(f"{self.stage}/{name}", value, step)
+
+    def on_fit_end(self, trainer) -> None:
+        if self.writer is not None:
+            self.writer.flush()
+
+
+class PerformanceEvaluator(Callback):
+    """Wall time, samples/s, tokens/s and estimated TFLOPS per phase, summed over ranks' work.
+
+    FLOPs are estimated by the trainer with the usual dense-transformer count: ``2 * N * tokens`` for
+    a forward pass of an N-parameter model and ``6 * N * tokens`` for forward plus backward
+    (Kaplan et al. 2020, arXiv:2001.08361); attention's sequence-length term is ignored.
+    """
+
+    def __init__(self):
+        self.totals = defaultdict(lambda: {"time": 0.0, "samples": 0, "tokens": 0, "flops": 0.0})
+        self._start: Dict[str, float] = {}
+
+    def on_phase_start(self, phase: str) -> None:
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        self._start[phase] = time.perf_counter()
+
+    def on_phase_end(self, phase: str, num_samples: int, num_tokens: int, flops: float) -> None:
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        total = self.totals[phase]
+        total["time"] += time.perf_counter() - self._start.pop(phase)
+        total["samples"] += num_samples
+        total["tokens"] += num_tokens
+        total["flops"] += flops
+
+    def summary(self) -> Dict[str, Dict[str, float]]:
+        """Per phase and overall: time (s), samples/s, tokens/s, TFLOPS (this rank's work)."""
+        out = {}
+        phases = dict(self.totals)
+        phases["overall"] = {k: sum(p[k] for p in self.totals.values()) for k in ("time", "samples", "tokens", "flops")}
+        phases["overall"]["samples"] = self.totals["generation"]["samples"] if "generation" in self.totals else 0
+        for phase, t in phases.items():
+            seconds = max(t["time"], 1e-9)
+            out[phase] = {"time_s": t["time"], "samples_per_s": t["samples"] / seconds,
+                          "tokens_per_s": t["tokens"] / seconds, "tflops": t["flops"] / seconds / 1e12}
+        return out
+
+    def format_table(self) -> str:
+        rows = [f"{'phase':<12}{'time (s)':>10}{'samples/s':>12}{'tokens/s':>12}{'TFLOPS':>10}"]
+        for phase, s in self.summary().items():
+            rows.append(f"{phase:<12}{s['time_s']:>10.2f}{s['samples_per_s']:>12.2f}{s['tokens_per_s']:>12.1f}"
+                        f"{s['tflops']:>10.4f}")
+        return "\n".join(rows)
+
+    def on_fit_end(self, trainer) -> None:
+        if _is_rank0():
+            print(self.format_table())
+
+
+class SaveCheckpoint(Callback):
+    """Every ``interval`` episodes: actor and critic weights (and optimizers) through the strategy.
+
+    Files: ``{path}/episode_{k}/{actor,critic}.pt`` and ``{actor,critic}_optim[.rankN].pt``.
+    """
+
+    def __init__(self, path: str, interval: int = 1, save_optimizer: bool = True):
+        self.path, self.interval, self.save_optimizer = path, interval, save_optimizer
+        self.trainer = None
+
+    def on_fit_start(self, trainer) -> None:
+        self.trainer = trainer
+
+    def on_episode_end(self, episode: int) -> None:
+        if (episode + 1) % self.interval:
+            return
+        t, directory = self.trainer, os.path.join(self.path, f"episode_{episode + 1}")
+        for name, model, optim in (("actor", t.actor, t.actor_optim), ("critic", t.critic, t.critic_optim)):
+            t.strategy.save_model(model, os.path.join(directory, f"{name}.pt"), only_rank0=True)
+            if self.save_optimizer:
+                t.strategy.save_optimizer(optim, os.path.join(directory, f"{name}_optim.pt"),
+                                          only_rank0=not t.strategy.shards_optimizer)
+        t.strategy.barrier()
