@@ -21,7 +21,7 @@ setup(
     install_requires=read_requirements("requirements.txt"),
     extras_require={
         "dev": ["pytest>=7", "pytest-timeout>=2", "hypothesis>=6"],
-        "deepspeed": ["deepspeed>=0.14"],
+        "deepspeed": ["deepspeed>=0.19.4"],
         # colossalai pins torch<=2.5.1 and transformers==4.51.3: install it into its own environment.
         "colossalai": ["colossalai>=0.4"],
         "gguf": ["gguf>=0.10"],

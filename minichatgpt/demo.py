@@ -100,11 +100,14 @@ def _question(rng: random.Random, split: str) -> Tuple[str, str]:
     return question.format(obj), obj
 
 
+def _sentence(rng: random.Random, obj: str, adjectives: List[str], filler: str) -> str:
+    listed = adjectives[0] if len(adjectives) == 1 else " , ".join(adjectives[:-1]) + " and " + adjectives[-1]
+    return f"{filler.format(obj)} {listed} ."
+
+
 def _demonstration(rng: random.Random, obj: str) -> str:
     """An imperfect answer: the right format, adjectives drawn from every category alike."""
-    adjectives = rng.sample(ALL_ADJECTIVES, rng.randint(1, 3))
-    listed = adjectives[0] if len(adjectives) == 1 else " , ".join(adjectives[:-1]) + " and " + adjectives[-1]
-    return f"{rng.choice(FILLERS).format(obj)} {listed} ."
+    return _sentence(rng, obj, rng.sample(ALL_ADJECTIVES, rng.randint(1, 3)), rng.choice(FILLERS))
 
 
 def sft_records(n: int, seed: int = 0, split: str = "train") -> List[dict]:
@@ -118,12 +121,20 @@ def sft_records(n: int, seed: int = 0, split: str = "train") -> List[dict]:
 
 
 def preference_records(n: int, seed: int = 1, split: str = "train") -> List[dict]:
-    """``n`` ``{"prompt", "chosen", "rejected"}`` pairs of demonstrations ranked by the hidden rule."""
+    """``n`` ``{"prompt", "chosen", "rejected"}`` pairs ranked by the hidden rule.
+
+    Each pair is a contrastive edit, as annotators are often asked to compare: two answers in the
+    demonstrations' style that differ in one adjective, so every label says which of two adjectives
+    suits the object better.
+    """
     rng = random.Random(seed)
     records = []
     while len(records) < n:
         question, obj = _question(rng, split)
-        a, b = _demonstration(rng, obj), _demonstration(rng, obj)
+        adjectives, filler = rng.sample(ALL_ADJECTIVES, rng.randint(1, 3)), rng.choice(FILLERS)
+        edited = list(adjectives)
+        edited[rng.randrange(len(edited))] = rng.choice([a for a in ALL_ADJECTIVES if a not in adjectives])
+        a, b = _sentence(rng, obj, adjectives, filler), _sentence(rng, obj, edited, filler)
         score_a, score_b = ground_truth_score(question, a), ground_truth_score(question, b)
         if score_a == score_b:
             continue

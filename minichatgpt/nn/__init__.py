@@ -10,7 +10,7 @@ from transformers import BloomConfig, GPT2Config, LlamaConfig, OPTConfig
 from .generation import Rollout, generate
 from .loading import load_model, load_tokenizer
 from .lora import adapters_disabled, apply_lora, is_lora, merged_copy, save_adapter
-from .models import LM, Actor, Critic, RewardModel
+from .models import LM, Actor, Critic, RewardModel, rebuilt_copy
 
 
 def _family(base: type, name: str, config_cls: type) -> type:
@@ -26,5 +26,5 @@ for _prefix, _config in _FAMILIES.items():
         globals()[_prefix + _suffix] = _family(_base, _prefix + _suffix, _config)
 
 __all__ = ["Actor", "Critic", "RewardModel", "LM", "Rollout", "generate", "load_model", "load_tokenizer",
-           "apply_lora", "adapters_disabled", "is_lora", "merged_copy", "save_adapter"] + \
+           "apply_lora", "adapters_disabled", "is_lora", "merged_copy", "save_adapter", "rebuilt_copy"] + \
     [p + s for p in _FAMILIES for s in _ROLES]

@@ -11,7 +11,7 @@ Critic and reward model save in the layout of ``AutoModelForSequenceClassificati
 
 import os
 from contextlib import nullcontext
-from typing import Optional
+from typing import Dict, Optional
 
 import torch
 import torch.nn as nn
@@ -50,6 +50,23 @@ def _hf_config(model: nn.Module):
 def _save_tokenizer(directory: str, tokenizer: Optional[PreTrainedTokenizerBase]) -> None:
     if tokenizer is not None:
         tokenizer.save_pretrained(directory)
+
+
+def rebuilt_copy(module: nn.Module, state_dict: Dict[str, torch.Tensor]) -> nn.Module:
+    """A plain single-process copy of an ``Actor``/``Critic``/``RewardModel`` holding ``state_dict``.
+
+    Used to write Hugging Face directories from sharded training (FSDP, ZeRO-3), whose modules
+    can be neither deep-copied nor saved directly: the same structure (LoRA included) is built on the
+    meta device, then the gathered tensors are assigned into it.
+    """
+    lora = {}
+    if is_lora(module.model):
+        peft_config = module.model.peft_config["default"]
+        lora = dict(lora_rank=peft_config.r, lora_alpha=peft_config.lora_alpha, lora_train_bias=peft_config.bias)
+    with torch.device("meta"):
+        clone = type(module)(config=_hf_config(module.model), **lora)
+    clone.load_state_dict(state_dict, assign=True)
+    return clone
 
 
 class Actor(nn.Module):

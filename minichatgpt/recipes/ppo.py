@@ -7,7 +7,6 @@ adapters off and the reward model shares the critic's frozen backbone, so neithe
 """
 
 import argparse
-import copy
 import os
 from typing import List, Optional
 
@@ -15,9 +14,8 @@ import torch
 
 from .. import demo
 from ..data import PretrainDataset, PromptCollator, PromptDataset, SFTCollator
-from ..nn import Actor, Critic, RewardModel
+from ..nn import Actor, Critic, RewardModel, is_lora
 from ..trainer import PerformanceEvaluator, PPOTrainer
-from ..trainer.strategies.utils import load_state_dict
 from ..trainer.utils import save_pretrained
 from .common import add_common_arguments, build_tokenizer, metrics_logger, parse_with_demo_defaults, setup
 
@@ -71,25 +69,40 @@ def build_parser(parser: Optional[argparse.ArgumentParser] = None) -> argparse.A
     return parser
 
 
-def build_models(args: argparse.Namespace, tokenizer):
-    """Actor, critic, reward model and reference model (None when shared with the actor via LoRA)."""
+def build_models(args: argparse.Namespace):
+    """Actor, critic, reward model and reference model (None when shared with the actor via LoRA).
+
+    Every model is loaded from its directory rather than copied, so this works inside ZeRO-3's
+    partitioned ``model_init_context`` too.
+    """
     if args.pretrain is None:
         raise ValueError("--pretrain (the SFT model) is required; `minichatgpt pipeline` trains one first")
     lora = dict(lora_rank=args.lora_rank, lora_train_bias=args.lora_train_bias)
     share = args.lora_rank > 0 and not args.no_shared_reference
+    rm_source = args.rm_pretrain or args.pretrain
     actor = Actor(pretrained=args.pretrain, checkpoint=args.grad_checkpoint, **lora)
     reference = None if share else Actor(pretrained=args.pretrain)
-    reward_model = RewardModel(pretrained=args.rm_pretrain or args.pretrain)
-    if args.rm_path:
-        reward_model.load_state_dict(load_state_dict(args.rm_path))
-    critic = Critic(copy.deepcopy(reward_model.model), copy.deepcopy(reward_model.value_head),
-                    checkpoint=args.grad_checkpoint, **lora)
+    critic = Critic(pretrained=rm_source, checkpoint=args.grad_checkpoint, **lora)
     if share and args.lora_train_bias == "none":
-        reward_model = RewardModel.sharing_backbone(critic)  # drop the copy: RM = critic with adapters off
+        reward_model = RewardModel.sharing_backbone(critic)  # the critic's frozen base weights and head
+    else:
+        reward_model = RewardModel(pretrained=rm_source)
     for model in (reward_model, reference):
         if model is not None:
             model.requires_grad_(False)
     return actor, critic, reward_model, reference
+
+
+def load_rm_checkpoint(strategy, critic, reward_model, path: str) -> None:
+    """``--rm_path``: a reward-model state dict from ``strategy.save_model``, into the RM and the critic."""
+    if strategy.unwrap_model(reward_model).use_base_weights:
+        raise ValueError("--rm_path cannot be combined with a LoRA critic sharing the reward model's backbone: "
+                         "give the reward model as a directory with --rm_pretrain, or pass --no_shared_reference")
+    strategy.load_model(reward_model, path)
+    if is_lora(strategy.unwrap_model(critic).model):
+        raise ValueError(f"--rm_path {path!r} holds plain weights and cannot initialize a LoRA critic; "
+                         "give the reward model's directory with --rm_pretrain instead")
+    strategy.load_model(critic, path)
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -97,7 +110,7 @@ def run(args: argparse.Namespace) -> dict:
     strategy = setup(args)
     tokenizer = build_tokenizer(args)
     with strategy.model_init_context():
-        actor, critic, reward_model, reference = build_models(args, tokenizer)
+        actor, critic, reward_model, reference = build_models(args)
     prompts = PromptDataset(args.prompt_path or demo.prompt_records(DEMO_PROMPTS, seed=args.seed + 2), tokenizer,
                             max_len=args.max_input_len, max_datasets_size=args.max_datasets_size)
     prompt_loader = strategy.setup_dataloader(prompts, args.experience_batch_size, shuffle=True,
@@ -113,6 +126,8 @@ def run(args: argparse.Namespace) -> dict:
     critic_optim = torch.optim.Adam([p for p in critic.parameters() if p.requires_grad], lr=args.critic_lr)
     (actor, actor_optim), (critic, critic_optim), reward_model, reference = strategy.prepare(
         (actor, actor_optim), (critic, critic_optim), reward_model, reference)
+    if args.rm_path:
+        load_rm_checkpoint(strategy, critic, reward_model, args.rm_path)
 
     performance = PerformanceEvaluator()
     logger = metrics_logger(args, "ppo")

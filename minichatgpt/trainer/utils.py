@@ -55,14 +55,24 @@ def to_device(batch: Dict[str, torch.Tensor], device: torch.device) -> Dict[str,
 
 
 def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
-    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
+    """Parameter count; under ZeRO-3 the local tensors are empty placeholders, so ``ds_numel`` counts."""
+    return sum(getattr(p, "ds_numel", p.numel()) for p in module.parameters() if p.requires_grad or not trainable_only)
 
 
 def save_pretrained(strategy, model: nn.Module, directory: str, tokenizer=None) -> None:
-    """Write a model as a Hugging Face directory (with tokenizer) from rank 0, full weights gathered."""
-    with strategy.gathered_params(model):
+    """Write a model as a Hugging Face directory (with tokenizer) from rank 0.
+
+    Sharded parameters (FSDP, ZeRO-3) are gathered into a plain copy of the model first.
+    """
+    from ..nn import rebuilt_copy
+
+    module = strategy.unwrap_model(model)
+    if strategy.shards_parameters:
+        state = strategy.full_state_dict(model)  # collective: every rank takes part
         if strategy.is_rank0():
-            strategy.unwrap_model(model).save_pretrained(directory, tokenizer=tokenizer)
+            rebuilt_copy(module, state).save_pretrained(directory, tokenizer=tokenizer)
+    elif strategy.is_rank0():
+        module.save_pretrained(directory, tokenizer=tokenizer)
     strategy.barrier()
 
 

@@ -1,16 +1,43 @@
-"""Compute backends behind one interface; ``build_strategy(name)`` is what scripts and tests use."""
+"""Compute backends behind one interface; ``build_strategy(name)`` is what scripts and tests use.
+
+Optional engines (deepspeed, colossalai) are imported only when their strategy is built, so every class
+here imports without them.
+"""
+
+from functools import partial
+from typing import Callable, Dict
 
 from .base import Strategy
+from .colossalai import ColossalAIStrategy
+from .ddp import DDPStrategy
+from .deepspeed import DeepSpeedStrategy
+from .fsdp import FSDPStrategy
 from .naive import NaiveStrategy
 
-STRATEGY_NAMES = ("naive",)
+_BUILDERS: Dict[str, Callable[..., Strategy]] = {
+    "naive": NaiveStrategy,
+    "ddp": DDPStrategy,
+    "fsdp": FSDPStrategy,
+    **{f"deepspeed_zero{stage}{suffix}": partial(DeepSpeedStrategy, stage=stage, offload=bool(suffix))
+       for stage in (1, 2, 3) for suffix in ("", "_offload")},
+    "colossalai_zero2": partial(ColossalAIStrategy, stage=2, placement_policy="cuda"),
+    "colossalai_zero2_cpu": partial(ColossalAIStrategy, stage=2, placement_policy="cpu"),
+    "colossalai_gemini": partial(ColossalAIStrategy, stage=3, placement_policy="cuda"),
+    "colossalai_gemini_cpu": partial(ColossalAIStrategy, stage=3, placement_policy="cpu"),
+}
+
+STRATEGY_NAMES = tuple(_BUILDERS)
 
 
 def build_strategy(name: str, **kwargs) -> Strategy:
-    """Build a strategy from its command-line name (``naive``, ``ddp``, ``fsdp``, ``deepspeed_zero2``...)."""
-    if name == "naive":
-        return NaiveStrategy(**kwargs)
-    raise ValueError(f"unknown strategy {name!r}; choose from {', '.join(STRATEGY_NAMES)}")
+    """Build a strategy from its command-line name (``naive``, ``ddp``, ``fsdp``, ``deepspeed_zero2``...).
+
+    ``kwargs`` go to the class (e.g. ``build_strategy("fsdp", param_dtype="bf16")``).
+    """
+    if name not in _BUILDERS:
+        raise ValueError(f"unknown strategy {name!r}; choose from {', '.join(STRATEGY_NAMES)}")
+    return _BUILDERS[name](**kwargs)
 
 
-__all__ = ["Strategy", "NaiveStrategy", "build_strategy", "STRATEGY_NAMES"]
+__all__ = ["Strategy", "NaiveStrategy", "DDPStrategy", "FSDPStrategy", "DeepSpeedStrategy", "ColossalAIStrategy",
+           "build_strategy", "STRATEGY_NAMES"]

@@ -7,7 +7,7 @@ lives in module functions (``minichatgpt.trainer.strategies.utils``), not in a b
 
 from abc import ABC, abstractmethod
 from contextlib import AbstractContextManager
-from typing import Any, Callable, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -22,6 +22,8 @@ class Strategy(ABC):
 
     #: True when each rank holds only a shard of the optimizer state (ZeRO, FSDP, Gemini).
     shards_optimizer: bool = False
+    #: True when each rank holds only a shard of the parameters (FSDP, ZeRO-3, Gemini).
+    shards_parameters: bool = False
 
     @property
     @abstractmethod
@@ -88,6 +90,10 @@ class Strategy(ABC):
     @abstractmethod
     def gathered_params(self, model: nn.Module) -> AbstractContextManager:
         """Context in which ``unwrap_model(model)`` holds full (unsharded) parameters, for generation."""
+
+    def full_state_dict(self, model: nn.Module) -> Dict[str, torch.Tensor]:
+        """The whole model's state dict, gathered if sharded; complete on rank 0 (a collective call)."""
+        return self.unwrap_model(model).state_dict()
 
     @abstractmethod
     def save_model(self, model: nn.Module, path: str, only_rank0: bool = True) -> None:

@@ -1,0 +1,285 @@
+"""DeepSpeed ZeRO stages 1-3, optionally offloading to the CPU; runs on the CPU with ``DS_ACCELERATOR=cpu``."""
+
+import copy
+import os
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Callable, Dict, Optional
+
+import torch
+import torch.nn as nn
+from torch.optim import Optimizer
+from torch.utils.data import DataLoader, Dataset
+
+from .base import Strategy
+from .utils import (check_sharded_save, default_backend, default_device, distributed_dataloader, fill_grad_norm,
+                    init_process_group, load_object, load_state_dict, prepare_models, rank_path, save_object,
+                    save_state_dict, set_seed, should_write)
+
+MIN_VERSION = "0.19.4"  # first release with "managed_gradient_accumulation": false
+
+
+def import_deepspeed():
+    """``import deepspeed``, or an ImportError that says how to get a version this strategy supports."""
+    if not torch.cuda.is_available():
+        # DeepSpeed picks its accelerator once, at first use; say "cpu" instead of letting it guess.
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    try:
+        import deepspeed
+        from deepspeed.runtime.engine import DeepSpeedEngine
+    except ImportError as e:
+        raise ImportError(f"DeepSpeedStrategy needs deepspeed>={MIN_VERSION}: pip install -e .[deepspeed] "
+                          f"({e})") from e
+    if not hasattr(DeepSpeedEngine, "managed_gradient_accumulation"):
+        raise ImportError(f"DeepSpeedStrategy needs deepspeed>={MIN_VERSION} (found {deepspeed.__version__}): "
+                          "older releases cannot leave the accumulation boundary to the caller")
+    return deepspeed
+
+
+def _merge(base: dict, override: dict) -> dict:
+    merged = copy.deepcopy(base)
+    for key, value in override.items():
+        merged[key] = _merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) \
+            else value
+    return merged
+
+
+@dataclass
+class DeepSpeedOptions:
+    """Knobs of ``DeepSpeedStrategy``.
+
+    Attributes:
+        stage: ZeRO stage: 1 shards optimizer state, 2 also gradients, 3 also parameters.
+        offload: keep optimizer state (and with stage 3 the parameters) in CPU memory.
+        precision: ``"fp32"``, ``"bf16"`` or ``"fp16"`` for the working copy; master weights stay fp32.
+        backend: process-group backend; default NCCL on GPUs, gloo on the CPU.
+        timeout_s: how long a collective waits for the other ranks before failing.
+        zero_init: with stage 3, partition Hugging Face models while they are built in
+            ``model_init_context`` (no rank ever holds a whole model). ``False`` builds them whole and
+            partitions them in ``prepare``, which lets ``copy.deepcopy`` make the reference model.
+        config: DeepSpeed config entries merged over the generated ones (e.g.
+            ``{"zero_optimization": {"stage3_param_persistence_threshold": 0}}``).
+    """
+
+    stage: int = 2
+    offload: bool = False
+    precision: str = "fp32"
+    backend: Optional[str] = None
+    timeout_s: float = 1800.0
+    zero_init: bool = True
+    config: Dict = field(default_factory=dict)
+
+    def ds_config(self, train: bool) -> dict:
+        """The DeepSpeed config: batch sizes are placeholders (data loading and the accumulation boundary
+        stay with the trainer: ``managed_gradient_accumulation`` is off, so ``step`` is the boundary)."""
+        if self.stage not in (1, 2, 3) or self.precision not in ("fp32", "bf16", "fp16"):
+            raise ValueError(f"unsupported DeepSpeed stage {self.stage} / precision {self.precision!r}")
+        zero = {"stage": self.stage}
+        if self.offload:
+            pin = torch.cuda.is_available()
+            zero["offload_optimizer"] = {"device": "cpu", "pin_memory": pin}
+            if self.stage == 3:
+                zero["offload_param"] = {"device": "cpu", "pin_memory": pin}
+        config = {"train_micro_batch_size_per_gpu": 1, "gradient_accumulation_steps": 1, "gradient_clipping": 0.0,
+                  "zero_optimization": zero, "bf16": {"enabled": self.precision == "bf16"},
+                  "fp16": {"enabled": self.precision == "fp16"}, "steps_per_print": 2 ** 62,
+                  # Any torch optimizer works (DeepSpeedCPUAdam is faster with offload but needs a compiler).
+                  "zero_allow_untested_optimizer": True, "zero_force_ds_cpu_optimizer": False}
+        if train:
+            config["managed_gradient_accumulation"] = False
+        return _merge(config, self.config)
+
+
+class DeepSpeedStrategy(Strategy):
+    """DeepSpeed ZeRO: ``prepare`` turns each (model, optimizer) pair into (engine, optimizer).
+
+    The optimizer in the pair is the user's object, now updated by the engine (learning-rate schedulers
+    keep working on its ``param_groups``). With stage 3 models are built partitioned inside
+    ``model_init_context`` (``deepspeed.zero.Init``) and frozen models become inference engines.
+
+    Args:
+        stage: ZeRO stage 1, 2 or 3.
+        offload: offload optimizer state (and stage-3 parameters) to the CPU.
+        seed: seeds every rank alike.
+        **options: the other fields of ``DeepSpeedOptions``.
+    """
+
+    shards_optimizer = True
+
+    @property
+    def shards_parameters(self) -> bool:
+        return self.options.stage == 3
+
+    def __init__(self, stage: int = 2, offload: bool = False, seed: int = 42, **options):
+        self.options = DeepSpeedOptions(stage=stage, offload=offload, **options)
+        self.options.ds_config(train=True)  # validate early
+        self.seed = seed
+        self._device = default_device()
+        self._engines = {}  # id(optimizer) -> engine
+        self._pending_norms = {}  # id(engine) -> tensor returned by clip_grad_norm, filled by the step
+        self.setup_distributed()
+
+    @property
+    def device(self) -> torch.device:
+        return self._device
+
+    def setup_distributed(self) -> None:
+        deepspeed = import_deepspeed()
+        if self._device.type == "cuda":
+            torch.cuda.set_device(self._device)
+        backend = self.options.backend or default_backend(self._device)
+        init_process_group(backend, self.options.timeout_s)
+        deepspeed.init_distributed(dist_backend=backend)
+        set_seed(self.seed)
+
+    @contextmanager
+    def model_init_context(self):
+        """With stage 3, Hugging Face models built inside are partitioned as they are created (and
+        ``from_pretrained`` loads into the partitions); other modules are partitioned by ``prepare``."""
+        if self.options.stage != 3 or not self.options.zero_init:
+            yield
+            return
+        from transformers.integrations.deepspeed import HfDeepSpeedConfig, unset_hf_deepspeed_config
+
+        # transformers runs deepspeed.zero.Init (and ZeRO-3 aware weight init and loading) while this lives.
+        hf_config = HfDeepSpeedConfig(self.options.ds_config(train=True))
+        try:
+            yield
+        finally:
+            del hf_config
+            unset_hf_deepspeed_config()
+
+    def prepare(self, *models):
+        deepspeed = import_deepspeed()
+        if self.options.stage == 3:
+            _check_no_partitioned_copies(models)
+
+        def wrap_trained(model: nn.Module, optim: Optimizer):
+            engine, *_ = deepspeed.initialize(model=model, optimizer=optim, config=self.options.ds_config(True),
+                                              dist_init_required=False)
+            self._engines[id(optim)] = engine
+            return engine, optim
+
+        def wrap_frozen(model: nn.Module):
+            if self.options.stage != 3:
+                return model.to(self.device)
+            engine, *_ = deepspeed.initialize(model=model, config=self.options.ds_config(False),
+                                              dist_init_required=False)
+            return engine
+
+        return prepare_models(models, wrap_trained, wrap_frozen)
+
+    def _engine(self, optimizer: Optimizer):
+        if id(optimizer) not in self._engines:
+            raise ValueError("this optimizer did not go through DeepSpeedStrategy.prepare")
+        return self._engines[id(optimizer)]
+
+    def backward(self, loss: torch.Tensor, model: nn.Module, optimizer: Optimizer) -> None:
+        self._engine(optimizer).backward(loss)
+
+    def clip_grad_norm(self, model: nn.Module, optimizer: Optimizer, max_norm: float) -> torch.Tensor:
+        """DeepSpeed clips (and measures the norm) inside its step: the returned 0-d tensor is filled in with
+        the pre-clipping norm by ``optimizer_step``, before any caller reads it as a number."""
+        engine = self._engine(optimizer)
+        engine.optimizer.clip_grad = max_norm
+        norm = torch.full((), float("nan"))
+        self._pending_norms[id(engine)] = norm
+        return norm
+
+    def optimizer_step(self, optimizer: Optimizer, model: nn.Module) -> None:
+        engine = self._engine(optimizer)
+        engine.step()  # applies, then zeroes the gradients
+        norm = self._pending_norms.pop(id(engine), None)
+        if norm is not None:
+            fill_grad_norm(norm, engine.get_global_grad_norm())
+        engine.optimizer.clip_grad = 0.0  # clip only steps that asked for it
+
+    def setup_dataloader(self, dataset: Dataset, batch_size: int, shuffle: bool = True,
+                         collate_fn: Optional[Callable] = None, drop_last: bool = False,
+                         pin_memory: bool = False, seed: int = 42) -> DataLoader:
+        return distributed_dataloader(dataset, batch_size, shuffle, collate_fn, drop_last, pin_memory, seed)
+
+    def unwrap_model(self, model: nn.Module) -> nn.Module:
+        return getattr(model, "module", model)
+
+    @contextmanager
+    def gathered_params(self, model: nn.Module):
+        if self.options.stage != 3:
+            yield
+            return
+        from deepspeed.runtime.zero.stage3 import unwrap_model_for_generation
+
+        # Gathers every parameter once and removes the per-module fetch/release hooks, so forwards inside
+        # need no collectives and ranks may generate different numbers of tokens.
+        with unwrap_model_for_generation(model):
+            yield
+
+    def full_state_dict(self, model: nn.Module) -> Dict[str, torch.Tensor]:
+        trained = any(engine is model for engine in self._engines.values())
+        return full_state_dict(self.unwrap_model(model), from_master=trained)
+
+    def save_model(self, model: nn.Module, path: str, only_rank0: bool = True) -> None:
+        state = self.full_state_dict(model)
+        if should_write(only_rank0):
+            save_state_dict(state, path)
+        self.barrier()
+
+    def load_model(self, model: nn.Module, path: str, strict: bool = True) -> None:
+        module = self.unwrap_model(model)
+        state = load_state_dict(path)
+        with import_deepspeed().zero.GatheredParameters(list(module.parameters()), modifier_rank=0):
+            module.load_state_dict(state, strict=strict)
+        optimizer = getattr(model, "optimizer", None)
+        if hasattr(optimizer, "refresh_fp32_params"):
+            optimizer.refresh_fp32_params()  # the fp32 master copy would otherwise overwrite the load
+
+    def save_optimizer(self, optimizer: Optimizer, path: str, only_rank0: bool = False) -> None:
+        check_sharded_save(only_rank0, type(self).__name__)
+        save_object(self._engine(optimizer).optimizer.state_dict(), rank_path(path, self.rank))
+        self.barrier()
+
+    def load_optimizer(self, optimizer: Optimizer, path: str) -> None:
+        zero_optimizer = self._engine(optimizer).optimizer
+        state = load_object(rank_path(path, self.rank), safe_globals=_checkpoint_classes())
+        states = [None] * self.world_size
+        states[self.rank] = state  # each rank reads only its own partition
+        zero_optimizer.load_state_dict(states, load_from_fp32_weights=True)
+
+
+def full_state_dict(module: nn.Module, from_master: bool) -> Dict[str, torch.Tensor]:
+    """The whole float32 state dict of an engine's module, on every rank (collective under ZeRO-3).
+
+    ``from_master``: the module is trained by a ZeRO optimizer, whose fp32 master copy is the exact value.
+    """
+    from deepspeed.utils import safe_get_full_fp32_param
+
+    with import_deepspeed().zero.GatheredParameters(list(module.parameters()), modifier_rank=None):
+        state = {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
+    # The working copy may be bf16/fp16: take trained parameters from the fp32 master (also collective).
+    for name, param in module.named_parameters(remove_duplicate=False):
+        master = safe_get_full_fp32_param(param) if from_master and param.requires_grad and name in state else None
+        if master is not None:
+            state[name] = master.detach().cpu().reshape(state[name].shape)
+    return state
+
+
+def _check_no_partitioned_copies(models: tuple) -> None:
+    """``copy.deepcopy`` of a ZeRO-3 partitioned model copies only the empty local placeholders (the copy has
+    no partitions behind them): refuse it with a clear message instead of failing in the first forward."""
+    for item in models:
+        module = item[0] if isinstance(item, tuple) else item
+        for name, param in module.named_parameters() if module is not None else ():
+            if param.numel() == 0 and not hasattr(param, "ds_id"):
+                raise ValueError(f"parameter {name!r} is empty: with ZeRO-3, models built inside "
+                                 "model_init_context are partitioned and copy.deepcopy cannot copy them; build the "
+                                 "reference / reward model with its constructor (e.g. Actor(pretrained=...)), or "
+                                 "pass zero_init=False to build whole models and partition them in prepare")
+
+
+def _checkpoint_classes():
+    """Classes a ZeRO optimizer state dict holds besides tensors (for ``weights_only`` loading)."""
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    return [LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address]

@@ -1,0 +1,198 @@
+"""PyTorch FSDP2 (``fully_shard``): parameters, gradients and optimizer state sharded over ranks (ZeRO-3)."""
+
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional, Union
+
+import torch
+import torch.nn as nn
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, set_model_state_dict
+from torch.distributed.fsdp import (CPUOffloadPolicy, FSDPModule, MixedPrecisionPolicy, fully_shard,
+                                    register_fsdp_forward_method)
+from torch.distributed.tensor import DTensor
+from torch.optim import Optimizer
+from torch.utils.data import DataLoader, Dataset
+
+from .base import Strategy
+from .utils import (broadcast_module, check_sharded_save, default_backend, default_device, distributed_dataloader,
+                    init_process_group, load_object, load_state_dict, prepare_models, rank_path, save_object,
+                    save_state_dict, set_seed, should_write)
+
+_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass
+class FSDPOptions:
+    """Knobs of ``FSDPStrategy``.
+
+    Attributes:
+        backend: process-group backend; default NCCL on GPUs, gloo on the CPU.
+        timeout_s: how long a collective waits for the other ranks before failing.
+        cpu_offload: keep the sharded parameters, gradients and optimizer step on the CPU.
+        param_dtype: ``"bf16"``/``"fp16"`` (or a torch dtype) to compute in lower precision; the sharded
+            parameters and optimizer state stay float32.
+        reduce_dtype: dtype of the gradient reduce-scatter (default: ``param_dtype``).
+        reshard_after_forward: free each layer's gathered parameters after its forward (less memory,
+            one more all-gather in backward).
+    """
+
+    backend: Optional[str] = None
+    timeout_s: float = 1800.0
+    cpu_offload: bool = False
+    param_dtype: Union[str, torch.dtype, None] = None
+    reduce_dtype: Union[str, torch.dtype, None] = None
+    reshard_after_forward: bool = True
+
+
+def _as_dtype(dtype: Union[str, torch.dtype, None]) -> Optional[torch.dtype]:
+    return _DTYPES[dtype] if isinstance(dtype, str) else dtype
+
+
+def transformer_blocks(model: nn.Module) -> List[nn.Module]:
+    """The repeated layers of a Hugging Face model: classes named in its ``_no_split_modules``, or else the
+    members of every ``nn.ModuleList``. Each becomes one FSDP unit, so only one layer is gathered at a time."""
+    names = {name for m in model.modules() for name in (getattr(m, "_no_split_modules", None) or [])}
+    blocks = [m for m in model.modules() if type(m).__name__ in names]
+    if not blocks:
+        blocks = [child for m in model.modules() if isinstance(m, nn.ModuleList) for child in m]
+    return blocks
+
+
+class FSDPStrategy(Strategy):
+    """Fully sharded data parallel with FSDP2: each transformer layer is a unit, then the whole model.
+
+    Trained and frozen models are both sharded (all ranks must call their forward the same number of
+    times). The optimizer given to ``prepare`` is re-pointed at the sharded (DTensor) parameters and
+    returned in its pair; create it before ``prepare`` and load its state after.
+
+    Args:
+        seed: seeds every rank alike (rank 0's weights are also broadcast before sharding).
+        **options: fields of ``FSDPOptions``.
+    """
+
+    shards_optimizer = True
+    shards_parameters = True
+
+    def __init__(self, seed: int = 42, **options):
+        self.options = FSDPOptions(**options)
+        self.seed = seed
+        self._device = default_device()
+        self.setup_distributed()
+
+    @property
+    def device(self) -> torch.device:
+        return self._device
+
+    def setup_distributed(self) -> None:
+        if self._device.type == "cuda":
+            torch.cuda.set_device(self._device)
+        init_process_group(self.options.backend or default_backend(self._device), self.options.timeout_s)
+        set_seed(self.seed)
+
+    def model_init_context(self):
+        return nullcontext()
+
+    def _shard(self, model: nn.Module) -> nn.Module:
+        opts = self.options
+        model = model.to(self.device)
+        broadcast_module(model)
+        kwargs = {"mp_policy": MixedPrecisionPolicy(param_dtype=_as_dtype(opts.param_dtype),
+                                                    reduce_dtype=_as_dtype(opts.reduce_dtype or opts.param_dtype))}
+        if opts.cpu_offload:
+            kwargs["offload_policy"] = CPUOffloadPolicy(pin_memory=self.device.type == "cuda")
+        for block in transformer_blocks(model):
+            fully_shard(block, reshard_after_forward=opts.reshard_after_forward, **kwargs)
+        # The root's parameters are needed again right away by backward: keep them after forward.
+        fully_shard(model, reshard_after_forward=False, **kwargs)
+        if callable(getattr(model, "generate", None)):
+            # Run the root's FSDP hooks around generate too, which calls the inner model, not forward.
+            register_fsdp_forward_method(model, "generate")
+        return model
+
+    def prepare(self, *models):
+        def shard_trained(model: nn.Module, optim: Optimizer):
+            if optim.state:
+                raise ValueError("FSDPStrategy.prepare needs a fresh optimizer: load its state after prepare")
+            names = {id(p): name for name, p in model.named_parameters()}
+            unknown = [p for g in optim.param_groups for p in g["params"] if id(p) not in names]
+            if unknown:
+                raise ValueError(f"the optimizer holds {len(unknown)} tensors that are not parameters of its model")
+            model = self._shard(model)
+            sharded = dict(model.named_parameters())
+            # fully_shard replaced every parameter by a DTensor shard: point the optimizer at those.
+            for group in optim.param_groups:
+                group["params"] = [sharded[names[id(p)]] for p in group["params"]]
+            return model, optim
+
+        return prepare_models(models, shard_trained, self._shard)
+
+    def backward(self, loss: torch.Tensor, model: nn.Module, optimizer: Optimizer) -> None:
+        loss.backward()
+
+    def clip_grad_norm(self, model: nn.Module, optimizer: Optimizer, max_norm: float) -> torch.Tensor:
+        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+        return norm.full_tensor() if isinstance(norm, DTensor) else norm
+
+    def optimizer_step(self, optimizer: Optimizer, model: nn.Module) -> None:
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    def setup_dataloader(self, dataset: Dataset, batch_size: int, shuffle: bool = True,
+                         collate_fn: Optional[Callable] = None, drop_last: bool = False,
+                         pin_memory: bool = False, seed: int = 42) -> DataLoader:
+        return distributed_dataloader(dataset, batch_size, shuffle, collate_fn, drop_last, pin_memory, seed)
+
+    def unwrap_model(self, model: nn.Module) -> nn.Module:
+        return model  # fully_shard works in place: the user's module is the sharded one
+
+    @contextmanager
+    def gathered_params(self, model: nn.Module):
+        # Gather every unit once and keep it gathered: forwards inside the context then need no
+        # collectives, so ranks may run different numbers of them (generation that stops early).
+        units = [m for m in model.modules() if isinstance(m, FSDPModule)]
+        for unit in units:
+            unit.set_reshard_after_forward(False, recurse=False)
+            unit.unshard()
+        try:
+            yield
+        finally:
+            for unit in units:
+                unit.reshard()
+                unit.set_reshard_after_forward(unit is not model and self.options.reshard_after_forward,
+                                               recurse=False)
+
+    def full_state_dict(self, model: nn.Module) -> Dict[str, torch.Tensor]:
+        return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+    def save_model(self, model: nn.Module, path: str, only_rank0: bool = True) -> None:
+        # cpu_offload=True gathers the full state on rank 0 only; otherwise every rank gets it.
+        state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=only_rank0))
+        if should_write(only_rank0):
+            save_state_dict(state, path)
+        self.barrier()
+
+    def load_model(self, model: nn.Module, path: str, strict: bool = True) -> None:
+        state = load_state_dict(path) if self.is_rank0() else {}
+        set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True,
+                                                                    strict=strict))
+
+    def save_optimizer(self, optimizer: Optimizer, path: str, only_rank0: bool = False) -> None:
+        check_sharded_save(only_rank0, type(self).__name__)
+        state = optimizer.state_dict()  # its per-parameter dicts are the live ones: build new ones
+        state["state"] = {index: {k: v.to_local().cpu() if isinstance(v, DTensor) else v for k, v in values.items()}
+                          for index, values in state["state"].items()}
+        save_object(state, rank_path(path, self.rank))
+        self.barrier()
+
+    def load_optimizer(self, optimizer: Optimizer, path: str) -> None:
+        state = load_object(rank_path(path, self.rank))
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        for index, values in state["state"].items():
+            param = params[index]
+            if not isinstance(param, DTensor):
+                continue
+            for key, value in values.items():
+                if torch.is_tensor(value) and value.shape == param.to_local().shape:
+                    values[key] = DTensor.from_local(value.to(param.device), param.device_mesh, param.placements,
+                                                     shape=param.shape, stride=param.stride())
+        optimizer.load_state_dict(state)
