@@ -20,12 +20,17 @@ setup(
     python_requires=">=3.9",
     install_requires=read_requirements("requirements.txt"),
     extras_require={
-        "dev": ["pytest>=7", "pytest-timeout>=2", "hypothesis>=6"],
+        "dev": ["pytest>=7", "pytest-timeout>=2", "hypothesis>=6", "httpx>=0.27", "playwright>=1.40", "gguf>=0.10",
+                "packaging"],
+        # DeepSpeed's sdist imports torch while building: install it with --no-build-isolation (see .ci/run).
         "deepspeed": ["deepspeed>=0.19.4"],
         # colossalai pins torch<=2.5.1 and transformers==4.51.3: install it into its own environment.
         "colossalai": ["colossalai>=0.4"],
+        "serve": ["fastapi>=0.110", "uvicorn>=0.29", "torchao>=0.10"],
+        "cuda": ["bitsandbytes>=0.43"],
         "gguf": ["gguf>=0.10"],
         "tensorboard": ["tensorboard>=2.14"],
     },
+    package_data={"minichatgpt.serving": ["static/*"]},
     entry_points={"console_scripts": ["minichatgpt=minichatgpt.cli:main"]},
 )

@@ -4,14 +4,14 @@ Nothing here needs the network or files; everything is generated from a seed, so
 pipeline runs on a fresh clone.
 
 The task. A user asks about an object ("Human: describe the cat"); the assistant answers with a
-sentence of adjectives ("the cat is gentle , sunny and loyal ."). The hidden ground-truth rule: an
-adjective is good when it fits the object's category (animals are *gentle*, food is *tasty*...).
-The score of a response is the number of *distinct* fitting adjectives divided by the number of
-adjectives, in [0, 1]; a response with no adjective scores 0.
+sentence of adjectives ("the cat is gentle , dull and bright ."). The hidden ground-truth rule: a
+good answer is complete (ends with "."), is about the object that was asked about, and uses pleasant
+adjectives. Its score is the number of *distinct* pleasant adjectives over the number of adjectives,
+in [0, 1]; an incomplete answer, an answer about another object or without adjectives scores 0.
 
-* SFT demonstrations are imperfect: adjectives are drawn uniformly from all categories, so the SFT
-  policy learns the format but only about one fitting adjective in five.
-* Preference pairs compare two such responses and are labelled by the hidden rule only.
+* SFT demonstrations are imperfect: adjectives are drawn from pleasant and unpleasant ones alike, so
+  the SFT policy learns the format but only about half of its adjectives are pleasant.
+* Preference pairs are contrastive edits labelled by the hidden rule only.
 * PPO optimizes the learned reward model; the hidden rule is used only to label pairs and to evaluate.
 """
 
@@ -21,23 +21,15 @@ from typing import Dict, List, Optional, Tuple
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import GPT2Config, PreTrainedTokenizerFast
 
-CATEGORIES: Dict[str, Dict[str, List[str]]] = {
-    "animal": {"objects": ["cat", "dog", "horse", "bird", "rabbit", "fox"],
-               "adjectives": ["gentle", "loyal", "playful", "fluffy", "friendly", "curious"]},
-    "food": {"objects": ["apple", "bread", "soup", "cake", "rice", "cheese"],
-             "adjectives": ["tasty", "fresh", "sweet", "crispy", "healthy", "warm"]},
-    "place": {"objects": ["city", "beach", "forest", "village", "river", "valley"],
-              "adjectives": ["sunny", "quiet", "scenic", "peaceful", "lively", "green"]},
-    "tool": {"objects": ["hammer", "knife", "ladder", "rope", "wrench", "drill"],
-             "adjectives": ["sturdy", "sharp", "handy", "durable", "precise", "useful"]},
-}
-NEUTRAL_ADJECTIVES = ["old", "big", "small", "strange", "plain", "odd"]
+OBJECTS = ["cat", "dog", "horse", "bird", "rabbit", "apple", "bread", "soup", "cake", "cheese", "city", "beach",
+           "forest", "village", "valley", "hammer", "knife", "ladder", "rope", "drill"]
+PLEASANT = ["gentle", "friendly", "lovely", "bright", "fresh", "sweet", "sunny", "peaceful", "sturdy", "handy",
+            "cheerful", "elegant"]
+UNPLEASANT = ["boring", "dirty", "broken", "noisy", "ugly", "bland", "stale", "rusty", "gloomy", "smelly", "weak",
+              "dull"]
+ALL_ADJECTIVES = PLEASANT + UNPLEASANT
 QUESTIONS = ["describe the {}", "tell me about the {}", "what is the {} like", "how would you describe the {}"]
 FILLERS = ["the {} is", "i think the {} is", "well , the {} is"]
-
-OBJECT_CATEGORY = {obj: cat for cat, spec in CATEGORIES.items() for obj in spec["objects"]}
-FITTING = {cat: set(spec["adjectives"]) for cat, spec in CATEGORIES.items()}
-ALL_ADJECTIVES = [a for spec in CATEGORIES.values() for a in spec["adjectives"]] + NEUTRAL_ADJECTIVES
 
 EOS, PAD, UNK = "<eos>", "<pad>", "<unk>"
 
@@ -46,7 +38,7 @@ def vocabulary() -> List[str]:
     words = {EOS, PAD, UNK, "Human", "Assistant", ":", ",", ".", "and"}
     for template in QUESTIONS + FILLERS:
         words.update(w for w in template.split() if w != "{}")
-    words.update(OBJECT_CATEGORY)
+    words.update(OBJECTS)
     words.update(ALL_ADJECTIVES)
     specials = [PAD, UNK, EOS]
     return specials + sorted(words - set(specials))
@@ -73,24 +65,26 @@ def tiny_model_config(vocab_size: int, n_layer: int = 4, n_embd: int = 128, n_po
 
 def _object_of(prompt: str) -> Optional[str]:
     for word in reversed(prompt.replace(":", " ").split()):
-        if word in OBJECT_CATEGORY:
+        if word in OBJECTS:
             return word
     return None
 
 
 def ground_truth_score(prompt: str, response: str) -> float:
-    """The hidden rule: distinct adjectives that fit the prompt's object, over all adjectives used."""
+    """The hidden rule: distinct pleasant adjectives over all adjectives used, for a complete answer
+    about the object asked for (else 0)."""
     obj = _object_of(prompt)
-    adjectives = [w for w in response.replace(EOS, " ").split() if w in ALL_ADJECTIVES]
-    if obj is None or not adjectives:
+    words = response.replace(EOS, " ").split()
+    adjectives = [w for w in words if w in ALL_ADJECTIVES]
+    mentioned = {w for w in words if w in OBJECTS}
+    if obj is None or not adjectives or words[-1] != "." or mentioned != {obj}:
         return 0.0
-    fitting = {a for a in adjectives if a in FITTING[OBJECT_CATEGORY[obj]]}
-    return len(fitting) / len(adjectives)
+    return len({a for a in adjectives if a in PLEASANT}) / len(adjectives)
 
 
 # A fixed quarter of the (question, object) combinations never appears in training data; evaluation
 # prompts are drawn from it, so "held-out" means unseen prompts, not just another sample.
-_COMBINATIONS = [(q, o) for q in QUESTIONS for o in sorted(OBJECT_CATEGORY)]
+_COMBINATIONS = [(q, o) for q in QUESTIONS for o in OBJECTS]
 random.Random(1234).shuffle(_COMBINATIONS)
 SPLITS = {"eval": _COMBINATIONS[:len(_COMBINATIONS) // 4], "train": _COMBINATIONS[len(_COMBINATIONS) // 4:]}
 
@@ -106,7 +100,7 @@ def _sentence(rng: random.Random, obj: str, adjectives: List[str], filler: str) 
 
 
 def _demonstration(rng: random.Random, obj: str) -> str:
-    """An imperfect answer: the right format, adjectives drawn from every category alike."""
+    """An imperfect answer: the right format and object, pleasant and unpleasant adjectives alike."""
     return _sentence(rng, obj, rng.sample(ALL_ADJECTIVES, rng.randint(1, 3)), rng.choice(FILLERS))
 
 
@@ -123,18 +117,26 @@ def sft_records(n: int, seed: int = 0, split: str = "train") -> List[dict]:
 def preference_records(n: int, seed: int = 1, split: str = "train") -> List[dict]:
     """``n`` ``{"prompt", "chosen", "rejected"}`` pairs ranked by the hidden rule.
 
-    Each pair is a contrastive edit, as annotators are often asked to compare: two answers in the
-    demonstrations' style that differ in one adjective, so every label says which of two adjectives
-    suits the object better.
+    Pairs are contrastive edits, as annotators are often asked to compare: 60% are two answers in the
+    demonstrations' style that differ in one adjective, 20% an answer against the same answer about
+    another object, 20% an answer against the same answer cut short.
     """
     rng = random.Random(seed)
     records = []
     while len(records) < n:
         question, obj = _question(rng, split)
         adjectives, filler = rng.sample(ALL_ADJECTIVES, rng.randint(1, 3)), rng.choice(FILLERS)
-        edited = list(adjectives)
-        edited[rng.randrange(len(edited))] = rng.choice([a for a in ALL_ADJECTIVES if a not in adjectives])
-        a, b = _sentence(rng, obj, adjectives, filler), _sentence(rng, obj, edited, filler)
+        a = _sentence(rng, obj, adjectives, filler)
+        kind = rng.random()
+        if kind < 0.2:
+            words = a.split()
+            b = " ".join(words[:rng.randrange(1, len(words) - 1)])
+        elif kind < 0.4:
+            b = _sentence(rng, rng.choice([o for o in OBJECTS if o != obj]), adjectives, filler)
+        else:
+            edited = list(adjectives)
+            edited[rng.randrange(len(edited))] = rng.choice([x for x in ALL_ADJECTIVES if x not in adjectives])
+            b = _sentence(rng, obj, edited, filler)
         score_a, score_b = ground_truth_score(question, a), ground_truth_score(question, b)
         if score_a == score_b:
             continue

@@ -21,7 +21,7 @@ from .common import add_common_arguments, build_tokenizer, metrics_logger, parse
 
 DEMO_DEFAULTS = dict(num_episodes=12, max_timesteps=4, update_timesteps=4, experience_batch_size=32,
                      train_batch_size=32, max_epochs=2, max_new_tokens=14, max_input_len=32, actor_lr=5e-5,
-                     critic_lr=5e-4, kl_coef=0.02, log_interval=1)
+                     critic_lr=5e-4, kl_coef=0.05, log_interval=1)
 DEMO_PROMPTS = 512
 
 

@@ -9,7 +9,7 @@ from ..nn import RewardModel
 from ..trainer import RewardModelTrainer
 from .common import add_common_arguments, add_optim_arguments, parse_with_demo_defaults, run_supervised_stage
 
-DEMO_DEFAULTS = dict(batch_size=32, lr=1e-3, max_epochs=4, max_len=64, log_interval=20, eval_ratio=0.1)
+DEMO_DEFAULTS = dict(batch_size=32, lr=1e-3, max_epochs=5, max_len=64, log_interval=20, eval_ratio=0.1)
 DEMO_SIZE = 3000
 
 

@@ -10,7 +10,7 @@ from ..trainer import SFTTrainer
 from .common import add_common_arguments, add_optim_arguments, parse_with_demo_defaults, run_supervised_stage
 
 # Used for the built-in demo (no --pretrain, no --dataset) unless the flag is given explicitly.
-DEMO_DEFAULTS = dict(batch_size=32, lr=1e-3, max_epochs=3, max_len=64, log_interval=20)
+DEMO_DEFAULTS = dict(batch_size=32, lr=1e-3, max_epochs=6, max_len=64, log_interval=20)
 DEMO_SIZE = 3000
 
 

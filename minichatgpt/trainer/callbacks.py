@@ -98,11 +98,16 @@ class PerformanceEvaluator(Callback):
         total["flops"] += flops
 
     def summary(self) -> Dict[str, Dict[str, float]]:
-        """Per phase and overall: time (s), samples/s, tokens/s, TFLOPS (this rank's work)."""
-        out = {}
+        """Per phase: time (s), samples/s, tokens/s, TFLOPS of this rank's work.
+
+        The ``overall`` row divides the rollouts (samples and generated tokens of the generation
+        phase) and the FLOPs of every phase by the total time: end-to-end RLHF throughput.
+        """
         phases = dict(self.totals)
-        phases["overall"] = {k: sum(p[k] for p in self.totals.values()) for k in ("time", "samples", "tokens", "flops")}
-        phases["overall"]["samples"] = self.totals["generation"]["samples"] if "generation" in self.totals else 0
+        generation = phases.get("generation", {"samples": 0, "tokens": 0})
+        phases["overall"] = {"time": sum(p["time"] for p in self.totals.values()), "samples": generation["samples"],
+                             "tokens": generation["tokens"], "flops": sum(p["flops"] for p in self.totals.values())}
+        out = {}
         for phase, t in phases.items():
             seconds = max(t["time"], 1e-9)
             out[phase] = {"time_s": t["time"], "samples_per_s": t["samples"] / seconds,
