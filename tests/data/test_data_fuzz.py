@@ -15,7 +15,7 @@ FIELDS = ["instruction", "input", "output", "prompt", "completion", "response", 
 FUZZ = settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 words = st.sampled_from(["describe the cat", "the cat is gentle .", "", " ", "\n\nHuman: hi", "\n\nAssistant: ok",
-                         "\n\nHuman: describe the cat\n\nAssistant: the cat is odd .", "user", "assistant", "human",
+                         "\n\nHuman: describe the cat\n\nAssistant: the cat is dull .", "user", "assistant", "human",
                          "gpt", "system", "bot", "x\ud800"])
 scalars = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), words, st.text(max_size=20))
 json_values = st.recursive(

@@ -10,7 +10,7 @@ from minichatgpt.data.readers import load_rows, looks_like_path
 
 RECORDS = [
     {"instruction": "describe the cat", "input": "", "output": "the cat is gentle ."},
-    {"instruction": "describe the soup", "input": "hot", "output": "the soup is warm ."},
+    {"instruction": "describe the soup", "input": "hot", "output": "the soup is sweet ."},
     {"instruction": "tell me about the rope", "input": "", "output": "the rope is sturdy ."},
 ]
 FILE_NAMES = ["data.json", "data.jsonl", "data.csv", "data.parquet", "data.json.gz", "data.jsonl.gz", "data.csv.gz"]

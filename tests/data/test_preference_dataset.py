@@ -46,15 +46,15 @@ def test_hh_dialogue_round_trips_in_the_plain_format(gpt2_tokenizer):
 
 def test_hh_dialogue_goes_through_the_chat_template(chat_tokenizer):
     tok = chat_tokenizer
-    record = {"chosen": "\n\nHuman: describe the cat\n\nAssistant: the cat is odd .\n\nHuman: describe the soup"
-                        "\n\nAssistant: the soup is warm .",
-              "rejected": "\n\nHuman: describe the cat\n\nAssistant: the cat is odd .\n\nHuman: describe the soup"
-                          "\n\nAssistant: the soup is sharp ."}
+    record = {"chosen": "\n\nHuman: describe the cat\n\nAssistant: the cat is dull .\n\nHuman: describe the soup"
+                        "\n\nAssistant: the soup is sweet .",
+              "rejected": "\n\nHuman: describe the cat\n\nAssistant: the cat is dull .\n\nHuman: describe the soup"
+                          "\n\nAssistant: the soup is rusty ."}
     (item,) = PreferenceDataset([record], tok)
     assert tok.convert_ids_to_tokens(item["chosen_input_ids"]) == (
-        "Human : describe the cat Assistant : the cat is odd . <eos> Human : describe the soup Assistant : "
-        "the soup is warm . <eos>").split()
-    assert tok.convert_ids_to_tokens(item["rejected_input_ids"])[-3:] == ["sharp", ".", "<eos>"]
+        "Human : describe the cat Assistant : the cat is dull . <eos> Human : describe the soup Assistant : "
+        "the soup is sweet . <eos>").split()
+    assert tok.convert_ids_to_tokens(item["rejected_input_ids"])[-3:] == ["rusty", ".", "<eos>"]
 
 
 def test_hh_dialogues_with_different_prefixes_keep_their_own(gpt2_tokenizer):
@@ -93,17 +93,17 @@ def test_files(word_tokenizer, write, name):
 
 def test_dpo_style_records_from_jsonl(word_tokenizer, write):
     record = {"conversations": [{"from": "human", "value": "describe the cat"}],
-              "chosen": {"from": "gpt", "value": "the cat is loyal ."}, "rejected": {"from": "gpt", "value": "odd"}}
+              "chosen": {"from": "gpt", "value": "the cat is lovely ."}, "rejected": {"from": "gpt", "value": "dull"}}
     (item,) = PreferenceDataset(write("dpo.jsonl", [record]), word_tokenizer)
-    assert word_tokenizer.convert_ids_to_tokens(item["rejected_input_ids"])[-2:] == ["odd", "<eos>"]
+    assert word_tokenizer.convert_ids_to_tokens(item["rejected_input_ids"])[-2:] == ["dull", "<eos>"]
 
 
 # ---------------------------------------------------------------------------------------------
 # truncation
 # ---------------------------------------------------------------------------------------------
 def test_responses_lose_their_end(word_tokenizer):
-    record = {"prompt": "describe the cat", "chosen": "the cat is gentle , loyal and playful .",
-              "rejected": "the cat is odd ."}
+    record = {"prompt": "describe the cat", "chosen": "the cat is gentle , lovely and cheerful .",
+              "rejected": "the cat is dull ."}
     (full,) = PreferenceDataset([record], word_tokenizer)
     prompt_len = len(word_tokenizer(format_prompt(word_tokenizer, user("describe the cat")))["input_ids"])
     (item,) = PreferenceDataset([record], word_tokenizer, max_len=prompt_len + 4)
@@ -112,8 +112,8 @@ def test_responses_lose_their_end(word_tokenizer):
 
 
 def test_pair_whose_response_is_truncated_away_is_dropped(word_tokenizer):
-    ok = {"prompt": "describe the cat", "chosen": "the cat is gentle .", "rejected": "odd"}
-    long = {"prompt": "describe the cat " * 10, "chosen": "the cat is gentle .", "rejected": "odd"}
+    ok = {"prompt": "describe the cat", "chosen": "the cat is gentle .", "rejected": "dull"}
+    long = {"prompt": "describe the cat " * 10, "chosen": "the cat is gentle .", "rejected": "dull"}
     dataset = PreferenceDataset([long, ok], word_tokenizer, max_len=16)
     assert len(dataset) == 1 and dataset.num_truncated_away == 1
     with pytest.raises(DataError, match=r"^<list>: no pair left: all 1 pairs were truncated away by max_len=16"):

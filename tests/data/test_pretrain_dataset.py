@@ -7,7 +7,7 @@ from minichatgpt.data import DataError, PretrainDataset
 
 
 def test_long_text_is_split_into_consecutive_chunks(word_tokenizer):
-    text = "the cat is gentle and the dog is loyal and the soup is warm ."  # 15 words
+    text = "the cat is gentle and the dog is lovely and the soup is sweet ."  # 15 words
     dataset = PretrainDataset([{"text": text}], word_tokenizer, max_len=4)
     document = word_tokenizer(text)["input_ids"] + [word_tokenizer.eos_token_id]  # 16 ids
     assert [len(item["input_ids"]) for item in dataset] == [4, 4, 4, 4]
@@ -31,7 +31,7 @@ def test_gpt2_chunks_decode_back_to_the_text(gpt2_tokenizer):
 
 @pytest.mark.parametrize("name", ["c4.jsonl", "c4.parquet", "c4.jsonl.gz", "c4.csv"])
 def test_files(word_tokenizer, write, name):
-    records = [{"text": "the cat is gentle ."}, {"text": "the soup is warm ."}, {"text": "the rope ."}]
+    records = [{"text": "the cat is gentle ."}, {"text": "the soup is sweet ."}, {"text": "the rope ."}]
     dataset = PretrainDataset(write(name, records), word_tokenizer, max_len=64, max_datasets_size=2)
     assert len(dataset) == 2
 

@@ -81,13 +81,13 @@ def test_assistant_turn_before_any_user_turn_is_context(gpt2_tokenizer):
 def test_chat_template_path(chat_tokenizer):
     tok = chat_tokenizer
     messages = [{"role": "user", "content": "describe the cat"}, {"role": "assistant", "content": "the cat is gentle ."},
-                {"role": "user", "content": "describe the soup"}, {"role": "assistant", "content": "the soup is warm ."}]
+                {"role": "user", "content": "describe the soup"}, {"role": "assistant", "content": "the soup is sweet ."}]
     (item,) = SFTDataset([{"messages": messages}], tok)
     # The pieces concatenate to the template's rendering of the whole conversation.
     whole = tok.apply_chat_template(messages, tokenize=False)
     assert item["input_ids"].tolist() == tok(whole.rstrip(), add_special_tokens=False)["input_ids"]
     tokens = tok.convert_ids_to_tokens(labelled(item))
-    assert tokens == "the cat is gentle . <eos> the soup is warm . <eos>".split()
+    assert tokens == "the cat is gentle . <eos> the soup is sweet . <eos>".split()
     assert_labels_match_ids(item)
 
 
@@ -97,11 +97,11 @@ def test_template_that_rewrites_earlier_turns_trains_the_last_turn(chat_tokenize
     tok = build_word_tokenizer()
     tok.chat_template = ("{% for m in messages %}{% if loop.last %}Human : {{ m['content'] }} {% endif %}{% endfor %}"
                          "{% if add_generation_prompt %}Assistant : {% endif %}")
-    messages = [{"role": "user", "content": "describe the cat"}, {"role": "assistant", "content": "the cat is odd ."},
-                {"role": "user", "content": "describe the soup"}, {"role": "assistant", "content": "the soup is warm ."}]
+    messages = [{"role": "user", "content": "describe the cat"}, {"role": "assistant", "content": "the cat is dull ."},
+                {"role": "user", "content": "describe the soup"}, {"role": "assistant", "content": "the soup is sweet ."}]
     with pytest.warns(UserWarning, match="last assistant turn only"):
         (item,) = SFTDataset([{"messages": messages}], tok)
-    assert tok.convert_ids_to_tokens(labelled(item)) == "the soup is warm . <eos>".split()
+    assert tok.convert_ids_to_tokens(labelled(item)) == "the soup is sweet . <eos>".split()
     assert tok.convert_ids_to_tokens(item["input_ids"])[:4] == "Human : describe the".split()
 
 
@@ -138,16 +138,16 @@ def test_files_give_the_same_items_as_the_list(word_tokenizer, write, name):
 
 def test_chat_records_from_parquet(word_tokenizer, write):
     records = [{"messages": [{"role": "user", "content": "describe the cat"},
-                             {"role": "assistant", "content": "the cat is loyal ."}]}]
+                             {"role": "assistant", "content": "the cat is lovely ."}]}]
     (item,) = SFTDataset(write("chat.parquet", records), word_tokenizer)
-    assert word_tokenizer.convert_ids_to_tokens(labelled(item)) == "the cat is loyal . <eos>".split()
+    assert word_tokenizer.convert_ids_to_tokens(labelled(item)) == "the cat is lovely . <eos>".split()
 
 
 # ---------------------------------------------------------------------------------------------
 # truncation
 # ---------------------------------------------------------------------------------------------
 def test_long_response_loses_its_end(word_tokenizer):
-    record = {"instruction": "describe the cat", "output": "the cat is gentle , loyal and playful ."}
+    record = {"instruction": "describe the cat", "output": "the cat is gentle , lovely and cheerful ."}
     (full,) = SFTDataset([record], word_tokenizer)
     prompt_len = int((full["labels"] == IGNORE_INDEX).sum())
     (item,) = SFTDataset([record], word_tokenizer, max_len=prompt_len + 3)

@@ -132,6 +132,6 @@ def test_short_ppo_run_raises_reward_model_score(word_tokenizer):
                          max_epochs=2, tokenizer=word_tokenizer, callbacks=[trace], max_new_tokens=6)
     trainer.fit(prompt_loader(strategy, word_tokenizer, n=64, batch_size=16), num_episodes=16, max_timesteps=1,
                 update_timesteps=1)
-    first, last = sum(trace.rewards[:4]) / 4, sum(trace.rewards[-4:]) / 4
-    spread = torch.tensor(trace.rewards[:4]).std()
-    assert last > first + spread, trace.rewards  # up by more than the early batch-to-batch noise
+    rewards = torch.tensor(trace.rewards)  # (16,) mean RM score of each update's rollouts
+    first, second = rewards[:8].mean(), rewards[8:].mean()
+    assert second > first + 1.0, trace.rewards  # the RM head is scaled so scores span about +-8

@@ -1,0 +1,82 @@
+"""Fixtures for the serving tests: a tiny chat model directory and a real server process serving it.
+
+The server is a subprocess started through the real command line (``python -m minichatgpt.serving.cli
+serve``) on 127.0.0.1 and a free port, shared by the HTTP and browser tests of one session.
+"""
+
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+import minichatgpt
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(minichatgpt.__file__)))
+SERVER_START_TIMEOUT_S = 120
+
+
+@pytest.fixture(scope="session")
+def chat_model_dir(tiny_model_dirs):
+    """A tiny GPT-2 (word tokenizer, plain Human/Assistant format, 128-token window) on disk."""
+    return tiny_model_dirs["gpt2"]
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_healthy(url: str, process: subprocess.Popen, log_path: str) -> None:
+    import httpx
+
+    deadline = time.monotonic() + SERVER_START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            with open(log_path) as f:
+                raise RuntimeError(f"server exited with {process.returncode}:\n{f.read()}")
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.25)
+    raise RuntimeError(f"server at {url} not healthy after {SERVER_START_TIMEOUT_S} s")
+
+
+@pytest.fixture(scope="session")
+def server_url(chat_model_dir, tmp_path_factory):
+    """Base URL of a running ``minichatgpt serve`` for the tiny model (greedy by default)."""
+    pytest.importorskip("fastapi", reason="the serve extra (fastapi, uvicorn) is not installed")
+    pytest.importorskip("uvicorn", reason="the serve extra (fastapi, uvicorn) is not installed")
+    pytest.importorskip("httpx", reason="httpx is needed to talk to the server")
+    log_path = str(tmp_path_factory.mktemp("server") / "server.log")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([REPO_ROOT, os.environ.get("PYTHONPATH", "")]),
+               HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    for attempt in range(3):  # the port could be taken between choosing and binding it
+        port = free_port()
+        with open(log_path, "w") as log:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "minichatgpt.serving.cli", "serve", "--model", chat_model_dir,
+                 "--device", "cpu", "--port", str(port), "--temperature", "0", "--max_new_tokens", "12",
+                 "--model_name", "tiny-gpt2", "--log_level", "warning"],
+                stdout=log, stderr=subprocess.STDOUT, env=env)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            _wait_healthy(url, process, log_path)
+            break
+        except RuntimeError:
+            process.kill()
+            process.wait()
+            if attempt == 2:
+                raise
+    yield url
+    process.terminate()
+    try:
+        process.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
