@@ -68,7 +68,7 @@ def setup(args: argparse.Namespace) -> Strategy:
 def check_writable(path: str) -> None:
     """Fail before training, naming the path, when the output directory cannot be written."""
     os.makedirs(path, exist_ok=True)
-    probe = os.path.join(path, ".write_test")
+    probe = os.path.join(path, f".write_test.{os.getpid()}")  # per process: every rank probes at once
     try:
         with open(probe, "w") as f:
             f.write("ok")

@@ -123,8 +123,8 @@ def main(argv: Optional[List[str]] = None) -> dict:
     out = args.output_dir
     os.makedirs(out, exist_ok=True)
     metrics_path = os.path.join(out, "metrics.jsonl")
-    if os.path.exists(metrics_path):
-        os.remove(metrics_path)  # a rerun into the same directory starts a fresh log
+    if int(os.environ.get("RANK", "0")) == 0 and os.path.exists(metrics_path):
+        os.remove(metrics_path)  # a rerun into the same directory starts a fresh log (only rank 0 writes it)
     base = dict(strategy=args.strategy, seed=args.seed, metrics_path=metrics_path)
     wall, results = {}, {}
 
