@@ -21,13 +21,13 @@ setup(
     install_requires=read_requirements("requirements.txt"),
     extras_require={
         "dev": ["pytest>=7", "pytest-timeout>=2", "hypothesis>=6", "httpx>=0.27", "playwright>=1.40", "gguf>=0.10",
-                "packaging"],
+                "packaging", "openai>=1.30"],
         # DeepSpeed's sdist imports torch while building: install it with --no-build-isolation (see .ci/run).
         "deepspeed": ["deepspeed>=0.19.4"],
         # colossalai pins torch<=2.5.1 and transformers==4.51.3: install it into its own environment.
         "colossalai": ["colossalai>=0.4"],
-        "serve": ["fastapi>=0.110", "uvicorn>=0.29", "torchao>=0.10"],
-        "cuda": ["bitsandbytes>=0.43"],
+        "serve": ["fastapi>=0.110", "uvicorn>=0.29", "torchao>=0.18"],
+        "cuda": ["bitsandbytes>=0.45"],
         "gguf": ["gguf>=0.10"],
         "tensorboard": ["tensorboard>=2.14"],
     },

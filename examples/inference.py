@@ -23,6 +23,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--lora", default=None, help="peft LoRA adapter directory")
     parser.add_argument("--quant", choices=QUANT_MODES, default=None)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"))
     parser.add_argument("--max_new_tokens", type=int, default=128)
     parser.add_argument("--temperature", type=float, default=0.0, help="0 (the default) is greedy")
     parser.add_argument("--top_p", type=float, default=1.0)
@@ -32,7 +33,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    model, tokenizer = load_for_inference(args.model, lora=args.lora, quant=args.quant, device=args.device)
+    model, tokenizer = load_for_inference(args.model, lora=args.lora, quant=args.quant, device=args.device,
+                                          dtype=args.dtype)
     print(f"model memory: {format_bytes(model_memory_bytes(model))}", file=sys.stderr)
     messages = ([{"role": "system", "content": args.system}] if args.system else []) + \
         [{"role": "user", "content": args.prompt}]

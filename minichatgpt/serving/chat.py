@@ -13,7 +13,7 @@ from transformers import PreTrainedTokenizerBase
 from ..tokenizer import Message
 from .engine import GenerationOptions, PromptTooLongError, context_window, fit_messages, stream_text
 
-COMMANDS = {"/reset": "forget the conversation", "/exit": "leave (also /quit, Ctrl-D)"}
+COMMANDS = {"/reset": "forget the conversation", "/exit": "leave; /quit and Ctrl-D too"}
 
 
 class ChatSession:
