@@ -16,7 +16,7 @@ in [0, 1]; an incomplete answer, an answer about another object or without adjec
 """
 
 import random
-from typing import Dict, List, Optional, Tuple
+from typing import List, Optional, Tuple
 
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import GPT2Config, PreTrainedTokenizerFast

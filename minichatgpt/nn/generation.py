@@ -47,13 +47,6 @@ def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
-def action_mask_from_tokens(tokens: torch.Tensor, eos_token_id: int) -> torch.Tensor:
-    """(B, A) mask that is 1 up to and including the first EOS of each row, 0 after it."""
-    is_eos = (tokens == eos_token_id).long()
-    eos_before = is_eos.cumsum(-1) - is_eos  # number of EOS strictly before each position
-    return (eos_before == 0).long()
-
-
 def _logits_processors(temperature: float, top_k: int, top_p: float) -> LogitsProcessorList:
     processors = LogitsProcessorList()
     if temperature != 1.0:

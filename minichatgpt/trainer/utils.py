@@ -1,8 +1,7 @@
 """Small pieces shared by the trainers: schedules, persistent iterators, device moves, saving."""
 
 import math
-import os
-from typing import Dict, Iterator, Optional
+from typing import Dict, Iterator
 
 import torch
 import torch.nn as nn

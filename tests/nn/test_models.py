@@ -1,7 +1,5 @@
 """Models over real Hugging Face loading paths: tiny models of each family saved to disk."""
 
-import os
-
 import pytest
 import torch
 from torch.testing import assert_close
@@ -11,7 +9,6 @@ from conftest import FAMILIES, SMOLLM2_GGUF, requires_shared, tiny_config
 from minichatgpt.functional import log_probs_from_logits
 from minichatgpt.nn import (Actor, BLOOMActor, Critic, GPTActor, GPTCritic, GPTRM, LlamaActor, OPTActor, RewardModel,
                             load_tokenizer)
-from minichatgpt.nn.generation import action_mask_from_tokens
 
 EOS, PAD = 2, 0
 
@@ -47,11 +44,6 @@ def test_left_padded_generation_equals_unpadded(family):
         n = alone.action_mask.size(1)
         assert torch.equal(batch.sequences[row, -5:][:n], alone.sequences[0, -n:])
         assert_close(batch.log_probs[row, :n], alone.log_probs[0], atol=1e-5, rtol=1e-4)
-
-
-def test_action_mask_stops_after_first_eos():
-    tokens = torch.tensor([[4, EOS, 5, EOS], [4, 5, 6, 7], [EOS, EOS, EOS, EOS]])
-    assert action_mask_from_tokens(tokens, EOS).tolist() == [[1, 1, 0, 0], [1, 1, 1, 1], [1, 0, 0, 0]]
 
 
 def test_generation_masks_everything_after_eos():

@@ -26,7 +26,7 @@ def free_port() -> int:
 
 def deepspeed_available() -> bool:
     try:
-        import deepspeed  # noqa: F401
+        import deepspeed  # noqa: F401  (availability check)
     except ImportError:
         return False
     return True

@@ -3,7 +3,6 @@
 from copy import deepcopy
 
 import torch
-from torch.testing import assert_close
 
 from conftest import tiny_config
 from minichatgpt import demo

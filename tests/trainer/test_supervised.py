@@ -1,7 +1,5 @@
 """SFT and reward-model training on the built-in task with tiny models."""
 
-import copy
-
 import pytest
 import torch
 

@@ -11,8 +11,8 @@ from torch.optim import Optimizer
 from torch.utils.data import DataLoader, Dataset
 
 from .base import Strategy
-from .utils import (default_backend, default_device, distributed_dataloader, init_process_group, load_object,
-                    load_state_dict, prepare_models, save_object, save_state_dict, set_seed, should_write)
+from .utils import (default_device, distributed_dataloader, join_process_group, load_object, load_state_dict,
+                    prepare_models, save_object, save_state_dict, set_seed, should_write)
 
 
 @dataclass
@@ -55,9 +55,7 @@ class DDPStrategy(Strategy):
         return self._device
 
     def setup_distributed(self) -> None:
-        if self._device.type == "cuda":
-            torch.cuda.set_device(self._device)
-        init_process_group(self.options.backend or default_backend(self._device), self.options.timeout_s)
+        join_process_group(self._device, self.options.backend, self.options.timeout_s)
         set_seed(self.seed)
 
     def model_init_context(self):

@@ -12,9 +12,9 @@ from torch.optim import Optimizer
 from torch.utils.data import DataLoader, Dataset
 
 from .base import Strategy
-from .utils import (check_sharded_save, default_backend, default_device, distributed_dataloader, fill_grad_norm,
-                    init_process_group, load_object, load_state_dict, prepare_models, rank_path, save_object,
-                    save_state_dict, set_seed, should_write)
+from .utils import (check_sharded_save, default_device, distributed_dataloader, fill_grad_norm, join_process_group,
+                    load_object, load_state_dict, prepare_models, rank_path, save_object, save_state_dict, set_seed,
+                    should_write)
 
 MIN_VERSION = "0.19.4"  # first release with "managed_gradient_accumulation": false
 
@@ -125,10 +125,7 @@ class DeepSpeedStrategy(Strategy):
 
     def setup_distributed(self) -> None:
         deepspeed = import_deepspeed()
-        if self._device.type == "cuda":
-            torch.cuda.set_device(self._device)
-        backend = self.options.backend or default_backend(self._device)
-        init_process_group(backend, self.options.timeout_s)
+        backend = join_process_group(self._device, self.options.backend, self.options.timeout_s)
         deepspeed.init_distributed(dist_backend=backend)
         set_seed(self.seed)
 

@@ -14,9 +14,9 @@ from torch.optim import Optimizer
 from torch.utils.data import DataLoader, Dataset
 
 from .base import Strategy
-from .utils import (broadcast_module, check_sharded_save, default_backend, default_device, distributed_dataloader,
-                    init_process_group, load_object, load_state_dict, prepare_models, rank_path, save_object,
-                    save_state_dict, set_seed, should_write)
+from .utils import (broadcast_module, check_sharded_save, default_device, distributed_dataloader, join_process_group,
+                    load_object, load_state_dict, prepare_models, rank_path, save_object, save_state_dict, set_seed,
+                    should_write)
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -84,9 +84,7 @@ class FSDPStrategy(Strategy):
         return self._device
 
     def setup_distributed(self) -> None:
-        if self._device.type == "cuda":
-            torch.cuda.set_device(self._device)
-        init_process_group(self.options.backend or default_backend(self._device), self.options.timeout_s)
+        join_process_group(self._device, self.options.backend, self.options.timeout_s)
         set_seed(self.seed)
 
     def model_init_context(self):

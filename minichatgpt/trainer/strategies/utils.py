@@ -123,6 +123,15 @@ def init_process_group(backend: str, timeout_s: float) -> None:
     dist.init_process_group(backend, timeout=timeout)
 
 
+def join_process_group(device: torch.device, backend: Optional[str], timeout_s: float) -> str:
+    """Select this rank's CUDA device (if any) and join the process group; returns the backend used."""
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    backend = backend or default_backend(device)
+    init_process_group(backend, timeout_s)
+    return backend
+
+
 def prepare_models(models: tuple, prepare_trained: Callable[[nn.Module, Optimizer], tuple],
                    prepare_frozen: Callable[[nn.Module], Any]) -> Any:
     """Apply a backend's wrappers to ``prepare``'s arguments, keeping their structure.
