@@ -58,10 +58,19 @@ def _logits_processors(temperature: float, top_k: int, top_p: float) -> LogitsPr
     return processors
 
 
+def _all_finished(finished: torch.Tensor, synced: bool) -> bool:
+    done = finished.all()
+    if synced and torch.distributed.is_initialized():
+        done = done.to(torch.int32)
+        torch.distributed.all_reduce(done, op=torch.distributed.ReduceOp.MIN)
+    return bool(done)
+
+
 @torch.no_grad()
 def generate(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int,
              eos_token_id: int, pad_token_id: int, do_sample: bool = True, temperature: float = 1.0,
-             top_k: int = 0, top_p: float = 1.0, generator: Optional[torch.Generator] = None) -> Rollout:
+             top_k: int = 0, top_p: float = 1.0, generator: Optional[torch.Generator] = None,
+             synced: bool = False) -> Rollout:
     """Sample up to ``max_new_tokens`` tokens per row from a causal LM, reusing the KV cache.
 
     Generation stops early once every row has produced EOS. The returned log-probs are those of the
@@ -72,6 +81,9 @@ def generate(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Te
         input_ids: (B, P) left-padded prompt ids.
         attention_mask: (B, P) 1 on real prompt tokens.
         temperature, top_k, top_p: sampling controls (``do_sample=False`` is greedy).
+        synced: stop early only once every rank of the process group has finished, so that ranks
+            whose forwards issue collectives (sharded parameters that are not gathered) run the same
+            number of steps.
     """
     was_training = model.training
     model.eval()
@@ -99,7 +111,7 @@ def generate(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Te
         log_probs.append(log_probs_from_logits(logits, token))
         masks.append((~finished).long())
         finished = finished | (token == eos_token_id)
-        if finished.all():
+        if _all_finished(finished, synced):
             break
         attention_mask = torch.cat([attention_mask, masks[-1].unsqueeze(1)], dim=1)
         kwargs = {"position_ids": next_position} if use_position_ids else {}

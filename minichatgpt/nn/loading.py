@@ -88,9 +88,16 @@ def _load(auto, pretrained, config, dtype, trust_remote_code):
     _check_local(pretrained)
     path, gguf_file = split_gguf(os.path.expanduser(pretrained))
     kwargs = {_DTYPE_KWARG: dtype or torch.float32, "trust_remote_code": trust_remote_code}
-    if gguf_file is not None:
-        kwargs["gguf_file"] = gguf_file
-    return auto.from_pretrained(path, **kwargs)
+    if gguf_file is None:
+        return auto.from_pretrained(path, **kwargs)
+    model = auto.from_pretrained(path, gguf_file=gguf_file, **kwargs)
+    # The GGUF weights are dequantized to plain tensors on load; dropping the quantizer marker lets
+    # the trained model be saved as an ordinary Hugging Face directory.
+    model.hf_quantizer = None
+    model.is_quantized = False
+    if getattr(model.config, "quantization_config", None) is not None:
+        del model.config.quantization_config
+    return model
 
 
 def load_tokenizer(pretrained: str, eos_token: Optional[str] = None, pad_token: Optional[str] = None,

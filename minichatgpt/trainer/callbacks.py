@@ -34,6 +34,9 @@ class Callback:
 
     def on_log(self, step: int, metrics: Dict[str, float]) -> None: ...
 
+    def on_resume(self, step: int) -> None:
+        """The trainer continues from a checkpoint taken after optimizer step ``step``."""
+
 
 class MetricsLogger(Callback):
     """Appends ``{"stage", "step", **metrics}`` lines to a JSONL file, and to TensorBoard when installed.
@@ -66,9 +69,31 @@ class MetricsLogger(Callback):
             for name, value in metrics.items():
                 self.writer.add_scalar(f"{self.stage}/{name}", value, step)
 
+    def on_resume(self, step: int) -> None:
+        """Drop this stage's lines logged after ``step`` by the interrupted run: the resumed run logs
+        those steps again (other stages' lines are kept)."""
+        if not _is_rank0() or not os.path.isfile(self.path):
+            return
+        with open(self.path) as f:
+            lines = f.readlines()
+        kept = [line for line in lines if not _logged_after(line, self.stage, step)]
+        if len(kept) != len(lines):
+            tmp = f"{self.path}.{os.getpid()}.tmp"
+            with open(tmp, "w") as f:
+                f.writelines(kept)
+            os.replace(tmp, self.path)
+
     def on_fit_end(self, trainer) -> None:
         if self.writer is not None:
             self.writer.flush()
+
+
+def _logged_after(line: str, stage: str, step: int) -> bool:
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return not line.endswith("\n")  # the last line, cut short by a kill
+    return record.get("stage") == stage and record.get("step", 0) > step
 
 
 class PerformanceEvaluator(Callback):

@@ -1,7 +1,8 @@
 """Small pieces shared by the trainers: schedules, persistent iterators, device moves, saving."""
 
+import itertools
 import math
-from typing import Dict, Iterator
+from typing import Dict, Iterator, Optional
 
 import torch
 import torch.nn as nn
@@ -31,22 +32,84 @@ def set_sampler_epoch(dataloader: DataLoader, epoch: int) -> None:
         sampler.set_epoch(epoch)
 
 
-def cycle(dataloader: DataLoader) -> Iterator:
+class _SkipSampler(torch.utils.data.Sampler):
+    """A sampler without its first ``skip`` indices (``set_epoch`` passes through)."""
+
+    def __init__(self, sampler, skip: int):
+        self.sampler, self.skip = sampler, skip
+
+    def set_epoch(self, epoch: int) -> None:
+        if hasattr(self.sampler, "set_epoch"):
+            self.sampler.set_epoch(epoch)
+
+    def __iter__(self):
+        return itertools.islice(iter(self.sampler), self.skip, None)
+
+    def __len__(self) -> int:
+        return max(len(self.sampler) - self.skip, 0)
+
+
+def skip_batches(dataloader: DataLoader, num_batches: int) -> DataLoader:
+    """The same loader started at batch ``num_batches`` of the current epoch, skipping at the sampler, so
+    the skipped batches are never loaded or collated. Call after ``set_sampler_epoch``."""
+    if num_batches == 0:
+        return dataloader
+    if dataloader.batch_size is None:
+        raise ValueError("skip_batches needs a loader built with batch_size (not a custom batch_sampler)")
+    return DataLoader(dataloader.dataset, batch_size=dataloader.batch_size,
+                      sampler=_SkipSampler(dataloader.sampler, num_batches * dataloader.batch_size),
+                      collate_fn=dataloader.collate_fn, drop_last=dataloader.drop_last,
+                      num_workers=dataloader.num_workers, pin_memory=dataloader.pin_memory)
+
+
+def fresh_iterator(dataloader: DataLoader) -> Iterator:
+    """``iter(dataloader)`` without its draw from the global torch RNG (the loader's worker seed).
+
+    A resumed run creates its iterator at another point of the RNG stream than the interrupted run
+    did; without this, every later random number (dropout, sampling) would differ.
+    """
+    with torch.random.fork_rng(devices=[]):
+        return iter(dataloader)
+
+
+class cycle:  # noqa: N801 (used like the generator function it replaces)
     """One persistent iterator over ``dataloader`` that restarts (with a new epoch) when exhausted.
 
     Used for prompts and the PPO-ptx pretraining data, so each step draws the next batch instead of
-    rebuilding an iterator (and re-reading the first batch) every time.
+    rebuilding an iterator (and re-reading the first batch) every time. ``state_dict`` (epoch and
+    batches drawn in it) and ``load_state_dict`` let a resumed run continue at the same batch.
     """
-    epoch = 0
-    while True:
-        set_sampler_epoch(dataloader, epoch)
-        empty = True
-        for batch in dataloader:
-            empty = False
-            yield batch
-        if empty:
-            raise ValueError("cannot cycle over an empty dataloader")
-        epoch += 1
+
+    def __init__(self, dataloader: DataLoader):
+        self.dataloader, self.epoch, self.position = dataloader, 0, 0
+        self._iterator: Optional[Iterator] = None
+
+    def __iter__(self) -> "cycle":
+        return self
+
+    def _start(self) -> None:
+        set_sampler_epoch(self.dataloader, self.epoch)
+        self._iterator = fresh_iterator(skip_batches(self.dataloader, self.position))
+
+    def __next__(self):
+        if self._iterator is None:
+            self._start()
+        try:
+            batch = next(self._iterator)
+        except StopIteration:
+            if self.position == 0:
+                raise ValueError("cannot cycle over an empty dataloader") from None
+            self.epoch, self.position = self.epoch + 1, 0
+            self._start()
+            batch = next(self._iterator)
+        self.position += 1
+        return batch
+
+    def state_dict(self) -> Dict[str, int]:
+        return {"epoch": self.epoch, "position": self.position}
+
+    def load_state_dict(self, state: Dict[str, int]) -> None:
+        self.epoch, self.position, self._iterator = state["epoch"], state["position"], None
 
 
 def to_device(batch: Dict[str, torch.Tensor], device: torch.device) -> Dict[str, torch.Tensor]:

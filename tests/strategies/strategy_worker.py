@@ -90,6 +90,23 @@ def greedy(strategy: Strategy, actor, max_new_tokens: int) -> torch.Tensor:
     return rollout.sequences.cpu()
 
 
+def synced_without_gathering(strategy: Strategy, actor) -> Dict[str, list]:
+    """Greedy generation of this rank's prompt row with the parameters left sharded (every forward
+    all-gathers), where rank 0 meets its EOS after two tokens and rank 1 never: ``synced`` keeps rank 0
+    stepping until rank 1 is done. Returns the gathered reference and the synced result."""
+    batch = {k: v[strategy.rank:strategy.rank + 1].to(strategy.device) for k, v in prompts().items()}
+    module = strategy.unwrap_model(actor)
+    with strategy.gathered_params(actor):
+        reference = module.generate(batch["input_ids"], batch["attention_mask"], max_new_tokens=5, eos_token_id=-1,
+                                    pad_token_id=0, do_sample=False)
+    response = reference.sequences[0, -5:].tolist()
+    eos = response[1] if strategy.rank == 0 else -1
+    rollout = module.generate(batch["input_ids"], batch["attention_mask"], max_new_tokens=5, eos_token_id=eos,
+                              pad_token_id=0, do_sample=False, synced=True)
+    return {"reference": response, "eos": eos, "response": rollout.sequences[0, -rollout.action_mask.size(1):].tolist(),
+            "action_mask": rollout.action_mask[0].tolist()}
+
+
 def state_bytes(strategy: Strategy, actor, optim) -> Dict[str, int]:
     """Bytes this rank holds: ``params`` (its parameters or their shards), ``moments`` (the optimizer's
     per-parameter state) and ``master`` (a separate fp32 master copy, DeepSpeed's). Each storage counts once."""
@@ -144,6 +161,7 @@ def run(strategy: Strategy, scenarios: List[str], init_path: str, out: str) -> N
             max_new_tokens = 3 + 2 * rank  # ranks differ: inside gathered_params no collective may run
             results["generate"] = {"max_new_tokens": max_new_tokens,
                                    "sequences": greedy(strategy, actor, max_new_tokens).tolist()}
+            results["synced"] = synced_without_gathering(strategy, actor)
         del actor, optim
     if "accum" in scenarios:
         actor, optim = prepared_actor(strategy, init_path)

@@ -271,6 +271,17 @@ def test_gathered_params_generate_like_naive(name, run, reference):
         assert generated["sequences"] == reference["generate"][generated["max_new_tokens"]]
 
 
+@pytest.mark.parametrize("name", params(["fsdp", "deepspeed_zero3"]))
+def test_generation_without_gathering_keeps_ranks_in_lockstep(name, run):
+    """Sharded weights, one all-gather per layer per token: rank 0 finishes first and keeps stepping."""
+    out = run(name)
+    rank0, rank1 = results(out, 0)["synced"], results(out, 1)["synced"]
+    assert rank1["response"] == rank1["reference"] and rank1["action_mask"] == [1] * 5
+    end = rank0["reference"].index(rank0["eos"]) + 1  # up to and including the first EOS
+    assert rank0["response"] == rank0["reference"][:end] + [0] * (5 - end)  # then pad, while rank 1 goes on
+    assert rank0["action_mask"] == [1] * end + [0] * (5 - end)
+
+
 def test_distributed_sampler_splits_the_data(run):
     batches = [results(run("ddp"), rank)["data"] for rank in (0, 1)]
     seen = [i for rank_batches in batches for batch in rank_batches for i in batch]

@@ -8,7 +8,7 @@ from conftest import tiny_config
 from minichatgpt import demo
 from minichatgpt.data import PromptCollator, PromptDataset, SFTCollator, SFTDataset
 from minichatgpt.nn import GPTActor, GPTCritic, RewardModel
-from minichatgpt.trainer import Callback, PPOTrainer
+from minichatgpt.trainer import PPOTrainer
 from minichatgpt.trainer.strategies import NaiveStrategy
 
 
@@ -109,12 +109,16 @@ def test_ptx_batches_come_from_one_persistent_iterator(word_tokenizer):
         assert torch.equal(ids, batch["input_ids"]) and torch.equal(mask, batch["attention_mask"])
 
 
-class RewardTrace(Callback):
-    def __init__(self):
-        self.rewards = []
-
-    def on_log(self, step, metrics):
-        self.rewards.append(metrics["reward"])
+def mean_score(actor, reward_model, loader, tokenizer) -> float:
+    """Mean RM score of sampled responses to every prompt of ``loader`` (seeded, so comparable)."""
+    torch.manual_seed(123)
+    scores = []
+    for batch in loader:
+        rollout = actor.generate(batch["input_ids"], batch["attention_mask"], max_new_tokens=6,
+                                 eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+        with torch.no_grad():
+            scores.append(reward_model(rollout.sequences, rollout.attention_mask))
+    return float(torch.cat(scores).mean())
 
 
 def test_short_ppo_run_raises_reward_model_score(word_tokenizer):
@@ -125,12 +129,11 @@ def test_short_ppo_run_raises_reward_model_score(word_tokenizer):
     with torch.no_grad():
         reward_model.value_head.weight.mul_(10.0)  # a random but decisive preference over responses
     initial = deepcopy(actor)
-    trace = RewardTrace()
     trainer = PPOTrainer(strategy, actor, critic, reward_model, initial, torch.optim.Adam(actor.parameters(), 3e-3),
                          torch.optim.Adam(critic.parameters(), 3e-3), kl_coef=0.01, train_batch_size=16,
-                         max_epochs=2, tokenizer=word_tokenizer, callbacks=[trace], max_new_tokens=6)
-    trainer.fit(prompt_loader(strategy, word_tokenizer, n=64, batch_size=16), num_episodes=16, max_timesteps=1,
-                update_timesteps=1)
-    rewards = torch.tensor(trace.rewards)  # (16,) mean RM score of each update's rollouts
-    first, second = rewards[:8].mean(), rewards[8:].mean()
-    assert second > first + 1.0, trace.rewards  # the RM head is scaled so scores span about +-8
+                         max_epochs=2, tokenizer=word_tokenizer, max_new_tokens=6)
+    loader = prompt_loader(strategy, word_tokenizer, n=64, batch_size=16)
+    before = mean_score(actor, reward_model, loader, word_tokenizer)
+    trainer.fit(loader, num_episodes=32, max_timesteps=1, update_timesteps=1)
+    after = mean_score(actor, reward_model, loader, word_tokenizer)
+    assert after > before + 1.0, (before, after)  # the RM head is scaled so scores span about +-8

@@ -24,6 +24,12 @@ class Strategy(ABC):
     shards_optimizer: bool = False
     #: True when each rank holds only a shard of the parameters (FSDP, ZeRO-3, Gemini).
     shards_parameters: bool = False
+    #: False when ``gathered_params`` leaves parameters sharded (the engine gathers them per forward),
+    #: so ranks must generate in lockstep.
+    gathers_for_generation: bool = True
+    #: True when the engine measures (and clips) the gradient norm inside its optimizer step, so
+    #: ``clip_grad_norm``'s value is known only after ``optimizer_step`` (DeepSpeed, ColossalAI).
+    clips_in_step: bool = False
 
     @property
     @abstractmethod
@@ -76,6 +82,10 @@ class Strategy(ABC):
     @abstractmethod
     def optimizer_step(self, optimizer: Optimizer, model: nn.Module) -> None:
         """Apply the accumulated gradients and zero them."""
+
+    def zero_grad(self, optimizer: Optimizer, model: nn.Module) -> None:
+        """Drop the accumulated gradients without stepping (a skipped, non-finite step)."""
+        optimizer.zero_grad(set_to_none=True)
 
     @abstractmethod
     def setup_dataloader(self, dataset: Dataset, batch_size: int, shuffle: bool = True,

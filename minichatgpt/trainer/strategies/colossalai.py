@@ -110,6 +110,8 @@ class ColossalAIStrategy(Strategy):
     """
 
     shards_optimizer = True
+    gathers_for_generation = False
+    clips_in_step = True
 
     @property
     def shards_parameters(self) -> bool:
@@ -168,6 +170,10 @@ class ColossalAIStrategy(Strategy):
         if norm is not None:
             fill_grad_norm(norm, optimizer.get_grad_norm())
 
+    def zero_grad(self, optimizer: Optimizer, model: nn.Module) -> None:
+        optimizer.zero_grad()
+        self._pending_norms.pop(id(optimizer), None)
+
     def setup_dataloader(self, dataset: Dataset, batch_size: int, shuffle: bool = True,
                          collate_fn: Optional[Callable] = None, drop_last: bool = False,
                          pin_memory: bool = False, seed: int = 42) -> DataLoader:
@@ -178,7 +184,8 @@ class ColossalAIStrategy(Strategy):
 
     def gathered_params(self, model: nn.Module):
         # LowLevelZero keeps full working weights on every rank; Gemini gathers chunks in its own hooks,
-        # which every rank runs the same number of times (the trainer generates in lockstep).
+        # which every rank runs the same number of times (gathers_for_generation = False makes the
+        # trainer generate in lockstep).
         return nullcontext()
 
     def save_model(self, model: nn.Module, path: str, only_rank0: bool = True) -> None:

@@ -105,6 +105,7 @@ class DeepSpeedStrategy(Strategy):
     """
 
     shards_optimizer = True
+    clips_in_step = True
 
     @property
     def shards_parameters(self) -> bool:
@@ -190,6 +191,11 @@ class DeepSpeedStrategy(Strategy):
         if norm is not None:
             fill_grad_norm(norm, engine.get_global_grad_norm())
         engine.optimizer.clip_grad = 0.0  # clip only steps that asked for it
+
+    def zero_grad(self, optimizer: Optimizer, model: nn.Module) -> None:
+        engine = self._engine(optimizer)
+        engine.optimizer.zero_grad(set_to_none=True)
+        self._pending_norms.pop(id(engine), None)
 
     def setup_dataloader(self, dataset: Dataset, batch_size: int, shuffle: bool = True,
                          collate_fn: Optional[Callable] = None, drop_last: bool = False,

@@ -9,7 +9,7 @@ from torch.optim import Optimizer
 from torch.utils.data import DataLoader, Dataset
 
 from .base import Strategy
-from .utils import load_object, load_state_dict, save_object, save_state_dict
+from .utils import EpochSampler, load_object, load_state_dict, save_object, save_state_dict
 
 
 class NaiveStrategy(Strategy):
@@ -59,9 +59,8 @@ class NaiveStrategy(Strategy):
     def setup_dataloader(self, dataset: Dataset, batch_size: int, shuffle: bool = True,
                          collate_fn: Optional[Callable] = None, drop_last: bool = False,
                          pin_memory: bool = False, seed: int = 42) -> DataLoader:
-        generator = torch.Generator().manual_seed(seed)
-        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, collate_fn=collate_fn,
-                          drop_last=drop_last, pin_memory=pin_memory, generator=generator)
+        return DataLoader(dataset, batch_size=batch_size, sampler=EpochSampler(dataset, shuffle, seed),
+                          collate_fn=collate_fn, drop_last=drop_last, pin_memory=pin_memory)
 
     def unwrap_model(self, model: nn.Module) -> nn.Module:
         return model

@@ -2,6 +2,7 @@
 distributed data loaders and the ``prepare`` argument structure."""
 
 import os
+import pickle
 import random
 import socket
 from datetime import timedelta
@@ -61,7 +62,7 @@ def load_state_dict(path: str) -> Dict[str, torch.Tensor]:
         from safetensors.torch import load_file
 
         return load_file(path)
-    return torch.load(path, map_location="cpu", weights_only=True)
+    return safe_torch_load(path)
 
 
 def save_object(obj, path: str) -> None:
@@ -77,7 +78,23 @@ def load_object(path: str, safe_globals: Iterable[type] = ()):
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint {path!r} does not exist")
     with torch.serialization.safe_globals(list(safe_globals)):
+        return safe_torch_load(path)
+
+
+def safe_torch_load(path: str):
+    """``torch.load(weights_only=True)`` onto the CPU. A file holding other Python objects (which unpickling
+    could run as code) is refused, and a truncated or foreign file reported, naming the file."""
+    try:
         return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        detail = " ".join(str(err).split("WeightsUnpickler error:")[-1].split("Check the documentation")[0].split())
+        raise pickle.UnpicklingError(
+            f"{path}: refused to load: not a weights-only checkpoint ({detail.split('. Please')[0][:200]}), and "
+            "unpickling other Python objects could run arbitrary code. Load only checkpoints written by "
+            "strategy.save_model / save_optimizer, or .safetensors files") from err
+    except (EOFError, KeyError, RuntimeError) as err:  # torch.load's answers to truncated or foreign bytes
+        raise pickle.UnpicklingError(f"{path}: not a readable PyTorch checkpoint (truncated, or another format): "
+                                     f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}") from err
 
 
 def local_rank() -> int:
@@ -152,6 +169,28 @@ def prepare_models(models: tuple, prepare_trained: Callable[[nn.Module, Optimize
         else:
             raise TypeError(f"prepare expects modules, (module, optimizer) pairs or None, got {type(item).__name__}")
     return prepared[0] if len(prepared) == 1 else prepared
+
+
+class EpochSampler(torch.utils.data.Sampler):
+    """Indices ``0..n-1``, shuffled by ``(seed, epoch)`` alone (like ``DistributedSampler`` on one process).
+
+    The order of an epoch does not depend on how many epochs were iterated before, so a resumed run
+    that calls ``set_epoch(e)`` sees exactly the batches the interrupted one would have seen.
+    """
+
+    def __init__(self, data_source, shuffle: bool = True, seed: int = 42):
+        self.n, self.shuffle, self.seed, self.epoch = len(data_source), shuffle, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        if not self.shuffle:
+            return iter(range(self.n))
+        return iter(torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed + self.epoch)).tolist())
+
+    def __len__(self) -> int:
+        return self.n
 
 
 def distributed_dataloader(dataset: Dataset, batch_size: int, shuffle: bool, collate_fn: Optional[Callable],
