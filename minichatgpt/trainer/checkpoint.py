@@ -170,7 +170,7 @@ class CheckpointManager:
             raise ValueError(f"save_total_limit must be >= 1, got {save_total_limit}")
         self.root, self.strategy = root, strategy
         self.save_total_limit, self.config = save_total_limit, config or {}
-        self.last_save_seconds = 0.0
+        self.last_save_seconds = self.last_load_seconds = 0.0
         self._verified: Dict[str, Dict[str, Any]] = {}
 
     # -- listing ---------------------------------------------------------------------------------
@@ -253,7 +253,7 @@ class CheckpointManager:
     # -- loading ---------------------------------------------------------------------------------
     def load(self, path: str, models: TrainedModels) -> Dict[str, Any]:
         """Restore models, optimizers and this rank's RNG from ``path``; returns the trainer state."""
-        strategy = self.strategy
+        strategy, start = self.strategy, time.perf_counter()
         manifest = self._verified.pop(path, None) or verify_checkpoint(path)
         if manifest.get("world_size", strategy.world_size) != strategy.world_size:
             raise CheckpointError(f"checkpoint {path!r} was written by {manifest['world_size']} processes; "
@@ -273,6 +273,7 @@ class CheckpointManager:
         state = load_object(os.path.join(path, f"trainer_state.rank{strategy.rank}.pt"))
         restore_rng_state(state.pop("rng"))
         strategy.barrier()
+        self.last_load_seconds = time.perf_counter() - start
         return state
 
 

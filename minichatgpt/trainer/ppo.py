@@ -274,7 +274,8 @@ class PPOTrainer:
         manager = self.checkpoint or CheckpointManager(os.path.dirname(path), self.strategy)
         self.load_state_dict(manager.load(path, self._models()))
         self._callbacks("on_resume", self.step)
-        self.strategy.print(f"resumed from {path}: timestep {self.timestep}, PPO step {self.step}")
+        self.strategy.print(f"resumed from {path} ({manager.last_load_seconds:.1f} s): timestep {self.timestep}, "
+                            f"PPO step {self.step}")
 
     # ------------------------------------------------------------------------------------------
     # the loop

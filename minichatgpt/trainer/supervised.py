@@ -94,8 +94,8 @@ class SupervisedTrainer:
         self.load_state_dict(manager.load(path, {"model": (self.model, self.optim)}))
         for callback in self.callbacks:
             callback.on_resume(self.step)
-        self.strategy.print(f"resumed from {path} at step {self.step} (epoch {self._position['epoch']}, "
-                            f"batch {self._position['batch']})")
+        self.strategy.print(f"resumed from {path} ({manager.last_load_seconds:.1f} s) at step {self.step} "
+                            f"(epoch {self._position['epoch']}, batch {self._position['batch']})")
 
     # -- training ----------------------------------------------------------------------------------
     def _optimizer_step(self, losses_finite: torch.Tensor, stop: StopRequest) -> Tuple[float, bool]:

@@ -4,6 +4,7 @@ and compare its final weights and logged metrics with an uninterrupted run's, bi
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 
@@ -134,3 +135,29 @@ def test_resume_auto_without_checkpoints_starts_afresh(tiny_model_dirs, uninterr
 def test_resume_from_a_missing_directory_is_a_usage_error(tiny_model_dirs, tmp_path, capsys):
     code = main(stage_args("sft", tiny_model_dirs["gpt2"], tmp_path) + ["--resume", str(tmp_path / "nope")])
     assert code == 2 and "--resume" in capsys.readouterr().err
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def torchrun(script_args: list, tmp_path, port: int) -> int:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(port), *script_args]
+    return subprocess.run(cmd, env={**ENV, "PYTHONWARNINGS": "ignore"}, capture_output=True, text=True,
+                          timeout=300).returncode
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+@pytest.mark.parametrize("stage,step", [("sft", 2), ("ppo", 4)])
+def test_ddp_job_killed_and_relaunched_resumes_bit_identical(stage, step, tiny_model_dirs, tmp_path):
+    whole, broken = tmp_path / "whole", tmp_path / "broken"
+    args = lambda path: stage_args(stage, tiny_model_dirs["gpt2"], path) + ["--strategy", "ddp"]  # noqa: E731
+    assert torchrun(["-m", "minichatgpt.cli", *args(whole)], tmp_path, free_port()) == 0
+    assert torchrun([WORKER, "kill_after_save", str(step), *args(broken)], tmp_path, free_port()) != 0
+    assert not os.path.exists(broken / "model.safetensors")
+    assert torchrun(["-m", "minichatgpt.cli", *args(broken), "--resume", "auto"], tmp_path, free_port()) == 0
+    assert_identical(broken, whole)
