@@ -29,8 +29,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     if command in COMMANDS:
         import importlib
 
-        importlib.import_module(COMMANDS[command][0]).main(rest)
-        return 0
+        from .recipes.checks import run_command
+
+        # A bad flag or data file (UsageError, DataError) is one message and exit code 2, as argparse's own errors.
+        return run_command(f"minichatgpt {command}", importlib.import_module(COMMANDS[command][0]).main, rest)
     if command in SERVING:
         from .serving.cli import register
 

@@ -21,7 +21,7 @@ from transformers import PreTrainedTokenizerBase
 from minichatgpt.data.encoding import Encoder, check_max_len
 from minichatgpt.data.fields import (Format, check_messages, check_reply, detect_format, invalid_field, optional,
                                      prompt_messages, require, split_dialogue, user_text)
-from minichatgpt.data.readers import DataError, Record, Source, load_rows, source_name
+from minichatgpt.data.readers import DataError, InvalidRows, Record, Source, load_rows, source_name
 from minichatgpt.tokenizer import Message
 
 PREFERENCE_FORMATS = (
@@ -66,29 +66,35 @@ class PreferenceDataset(Dataset):
         tokenizer: any Hugging Face tokenizer with an EOS token.
         max_len: the longest sequence kept, in tokens.
         max_datasets_size: read only the first N records.
+        skip_invalid: leave out invalid rows instead of failing on the first one; their number is
+            warned about once and kept in ``num_invalid_skipped``.
 
     Items: ``{"chosen_input_ids": (T_c,) long, "rejected_input_ids": (T_r,) long}``.
     """
 
     def __init__(self, source: Source, tokenizer: PreTrainedTokenizerBase, max_len: int = 512,
-                 max_datasets_size: Optional[int] = None):
+                 max_datasets_size: Optional[int] = None, skip_invalid: bool = False):
         check_max_len(max_len)
         encoder = Encoder(tokenizer)
         self.examples: List[Dict[str, torch.Tensor]] = []
         self.num_truncated_away = 0
-        for where, record in load_rows(source, max_datasets_size):
-            fmt = detect_format(record, PREFERENCE_FORMATS, where)
-            (chosen_prompt, chosen), (rejected_prompt, rejected) = preference_pair(record, fmt, where)
-            prompt_ids = encoder.prompt_ids(chosen_prompt, where)
-            rejected_prompt_ids = prompt_ids if rejected_prompt == chosen_prompt else encoder.prompt_ids(
-                rejected_prompt, where)
-            if max(len(prompt_ids), len(rejected_prompt_ids)) >= max_len:
-                self.num_truncated_away += 1
-                continue
-            chosen_ids = (prompt_ids + encoder.response_ids(chosen))[:max_len]
-            rejected_ids = (rejected_prompt_ids + encoder.response_ids(rejected))[:max_len]
-            self.examples.append({"chosen_input_ids": torch.tensor(chosen_ids, dtype=torch.long),
-                                  "rejected_input_ids": torch.tensor(rejected_ids, dtype=torch.long)})
+        invalid = InvalidRows(source, skip_invalid)
+        for where, record in load_rows(source, max_datasets_size, on_invalid=invalid.skip):
+            with invalid.guard():
+                fmt = detect_format(record, PREFERENCE_FORMATS, where)
+                (chosen_prompt, chosen), (rejected_prompt, rejected) = preference_pair(record, fmt, where)
+                prompt_ids = encoder.prompt_ids(chosen_prompt, where)
+                rejected_prompt_ids = prompt_ids if rejected_prompt == chosen_prompt else encoder.prompt_ids(
+                    rejected_prompt, where)
+                if max(len(prompt_ids), len(rejected_prompt_ids)) >= max_len:
+                    self.num_truncated_away += 1
+                    continue
+                chosen_ids = (prompt_ids + encoder.response_ids(chosen))[:max_len]
+                rejected_ids = (rejected_prompt_ids + encoder.response_ids(rejected))[:max_len]
+                self.examples.append({"chosen_input_ids": torch.tensor(chosen_ids, dtype=torch.long),
+                                      "rejected_input_ids": torch.tensor(rejected_ids, dtype=torch.long)})
+        invalid.report(len(self.examples) + self.num_truncated_away)
+        self.num_invalid_skipped = invalid.count
         if not self.examples:
             raise DataError(f"{source_name(source)}: no pair left: all {self.num_truncated_away} pairs "
                             f"were truncated away by max_len={max_len}")

@@ -18,7 +18,7 @@ from transformers import PreTrainedTokenizerBase
 from minichatgpt.data.encoding import Encoder, check_max_len
 from minichatgpt.data.fields import (Format, check_instances, check_messages, detect_format, invalid_field, optional,
                                      prompt_messages, require, split_dialogue, user_text)
-from minichatgpt.data.readers import Record, Source, load_rows
+from minichatgpt.data.readers import InvalidRows, Record, Source, load_rows
 from minichatgpt.tokenizer import Message
 
 PROMPT_FORMATS = (
@@ -61,6 +61,8 @@ class PromptDataset(Dataset):
         tokenizer: any Hugging Face tokenizer with an EOS token.
         max_len: the longest prompt kept, in tokens (the scripts' ``max_input_len``).
         max_datasets_size: read only the first N records.
+        skip_invalid: leave out invalid rows instead of failing on the first one; their number is
+            warned about once and kept in ``num_invalid_skipped``.
 
     Attributes:
         prompts: the raw text of each item's (last) user turn, unformatted and untruncated, for
@@ -73,19 +75,24 @@ class PromptDataset(Dataset):
     """
 
     def __init__(self, source: Source, tokenizer: PreTrainedTokenizerBase, max_len: int = 512,
-                 max_datasets_size: Optional[int] = None):
+                 max_datasets_size: Optional[int] = None, skip_invalid: bool = False):
         check_max_len(max_len)
         encoder = Encoder(tokenizer)
         self.examples: List[Dict[str, torch.Tensor]] = []
         self.prompts: List[str] = []
         self.messages: List[List[Message]] = []
-        for where, record in load_rows(source, max_datasets_size):
-            fmt = detect_format(record, PROMPT_FORMATS, where)
-            for messages in prompt_conversations(record, fmt, where):
-                ids = encoder.keep_tail(encoder.prompt_ids(messages, where), max_len)
-                self.examples.append({"input_ids": torch.tensor(ids, dtype=torch.long)})
-                self.prompts.append(next(m["content"] for m in reversed(messages) if m["role"] == "user"))
-                self.messages.append(messages)
+        invalid = InvalidRows(source, skip_invalid)
+        for where, record in load_rows(source, max_datasets_size, on_invalid=invalid.skip):
+            with invalid.guard():  # a record is kept whole or not at all
+                fmt = detect_format(record, PROMPT_FORMATS, where)
+                conversations = prompt_conversations(record, fmt, where)
+                ids = [encoder.keep_tail(encoder.prompt_ids(messages, where), max_len) for messages in conversations]
+                for prompt_ids, messages in zip(ids, conversations):
+                    self.examples.append({"input_ids": torch.tensor(prompt_ids, dtype=torch.long)})
+                    self.prompts.append(next(m["content"] for m in reversed(messages) if m["role"] == "user"))
+                    self.messages.append(messages)
+        invalid.report(len(self.examples))
+        self.num_invalid_skipped = invalid.count
 
     def __len__(self) -> int:
         return len(self.examples)

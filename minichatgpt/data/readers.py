@@ -17,7 +17,9 @@ import csv
 import gzip
 import json
 import os
-from typing import Any, Dict, Iterable, Iterator, List, NamedTuple, Optional, Sequence, TextIO, Union
+import warnings
+from contextlib import contextmanager
+from typing import Any, Callable, Dict, Iterable, Iterator, List, NamedTuple, Optional, Sequence, TextIO, Union
 
 Record = Dict[str, Any]
 Source = Union[str, "os.PathLike[str]", Sequence[Record]]
@@ -35,6 +37,48 @@ class DataError(ValueError):
 class Row(NamedTuple):
     where: str  # 1-based location: "data.jsonl:3" (a line) or "data.json:row 5" (a record)
     record: Record
+
+
+def raise_error(err: DataError) -> None:
+    """The default answer to an invalid row: fail, naming it."""
+    raise err
+
+
+class InvalidRows:
+    """What a dataset does with invalid rows: raise (the default), or with ``enabled=True`` (the datasets'
+    ``skip_invalid``, the scripts' ``--skip_invalid_rows``) leave them out, count them and report the count
+    once: a warning naming the source and the first error.
+
+    Use ``skip`` as ``load_rows``' ``on_invalid`` (unparsable lines, non-object records) and ``guard()``
+    around the parsing of each record (missing fields, wrong types, rejected conversations).
+    """
+
+    def __init__(self, source: "Source", enabled: bool = False):
+        self.name, self.enabled = source_name(source), enabled
+        self.count, self.first = 0, None
+
+    def skip(self, err: DataError) -> None:
+        if not self.enabled:
+            raise err
+        self.count += 1
+        self.first = self.first or str(err)
+
+    @contextmanager
+    def guard(self):
+        try:
+            yield
+        except DataError as err:
+            self.skip(err)
+
+    def report(self, kept: int) -> None:
+        """Warn how many rows were skipped; with none kept, a DataError (there is nothing to train on)."""
+        if not self.count:
+            return
+        if not kept:
+            raise DataError(f"{self.name}: no valid row: all {self.count} rows are invalid (skipped); "
+                            f"the first: {self.first}")
+        warnings.warn(f"{self.name}: skipped {self.count} invalid row(s) (--skip_invalid_rows); the first: "
+                      f"{self.first}", stacklevel=3)
 
 
 def type_name(value: Any) -> str:
@@ -70,24 +114,42 @@ def read_records(source: Source, max_records: Optional[int] = None, split: str =
     return [row.record for row in load_rows(source, max_records, split)]
 
 
-def load_rows(source: Source, max_records: Optional[int] = None, split: str = "train") -> List[Row]:
-    """Like :func:`read_records`, keeping each record's location for error messages."""
+OnInvalid = Callable[[DataError], None]
+
+
+def load_rows(source: Source, max_records: Optional[int] = None, split: str = "train",
+              on_invalid: OnInvalid = raise_error) -> List[Row]:
+    """Like :func:`read_records`, keeping each record's location for error messages.
+
+    ``on_invalid`` gets the DataError of each row that cannot be a record (an unparsable JSON line, a
+    value that is not an object, a CSV row with surplus values); it raises by default, and
+    ``InvalidRows.skip`` may count the row instead. Errors of the whole source always raise.
+    """
     limit = _check_limit(max_records)
     name = source_name(source)
+    skipped: List[DataError] = []
+
+    def on_row_error(err: DataError) -> None:
+        on_invalid(err)  # raises, unless invalid rows are skipped
+        skipped.append(err)
+
     if isinstance(source, (str, os.PathLike)):
         if os.path.isfile(name):
-            rows = _read_file(name, limit)
+            rows = _read_file(name, limit, on_row_error)
         elif os.path.isdir(name) or not looks_like_path(name):
-            rows = _read_hub(name, split, limit)
+            rows = _read_hub(name, split, limit, on_row_error)
         else:
             raise DataError(f"{name}: no such file")
     elif hasattr(source, "column_names") and hasattr(source, "select"):  # an in-memory datasets.Dataset
-        rows = _rows_of(source, name, limit)
+        rows = _rows_of(source, name, limit, on_row_error)
     elif isinstance(source, Sequence):
-        rows = _rows_of(source, name, limit)
+        rows = _rows_of(source, name, limit, on_row_error)
     else:
         raise TypeError(f"source must be a path, a dataset name or a list of records, got {type(source).__name__}")
     if not rows:
+        if skipped:
+            raise DataError(f"{name}: no valid row: all {len(skipped)} rows are invalid (skipped); the first: "
+                            f"{skipped[0]}")
         raise DataError(f"{name}: no records")
     return rows
 
@@ -134,17 +196,28 @@ def _as_record(value: Any, where: str) -> Record:
     return value
 
 
-def _rows_of(records: Sequence[Any], name: str, limit: Optional[int]) -> List[Row]:
+def _rows_of(records: Sequence[Any], name: str, limit: Optional[int], on_invalid: OnInvalid) -> List[Row]:
     n = len(records) if limit is None else min(limit, len(records))
     if hasattr(records, "select"):  # datasets.Dataset: avoid materializing rows beyond the limit
         records = records.select(range(n))
-    return [Row(f"{name}:row {i}", _as_record(records[i - 1], f"{name}:row {i}")) for i in range(1, n + 1)]
+    return _indexed_rows((records[i] for i in range(n)), name, on_invalid)
+
+
+def _indexed_rows(values: Iterable[Any], name: str, on_invalid: OnInvalid) -> List[Row]:
+    """``name:row i`` rows of the object values; any other value goes to ``on_invalid``."""
+    rows = []
+    for i, value in enumerate(values, 1):
+        try:
+            rows.append(Row(f"{name}:row {i}", _as_record(value, f"{name}:row {i}")))
+        except DataError as err:
+            on_invalid(err)
+    return rows
 
 
 # ---------------------------------------------------------------------------------------------
 # local files
 # ---------------------------------------------------------------------------------------------
-def _read_file(path: str, limit: Optional[int]) -> List[Row]:
+def _read_file(path: str, limit: Optional[int], on_invalid: OnInvalid) -> List[Row]:
     lower = path.lower()
     compressed = lower.endswith(".gz")
     ext = os.path.splitext(lower[:-3] if compressed else lower)[1]
@@ -156,10 +229,10 @@ def _read_file(path: str, limit: Optional[int]) -> List[Row]:
     with _open_text(path, compressed) as stream:
         try:
             if ext == ".jsonl":
-                return _take(_json_lines(stream, path), limit)
+                return _take(_json_lines(stream, path, on_invalid), limit)
             if ext == ".csv":
-                return _take(_csv_rows(stream, path), limit)
-            return _read_json(stream.read(), path, limit)
+                return _take(_csv_rows(stream, path, on_invalid), limit)
+            return _read_json(stream.read(), path, limit, on_invalid)
         except UnicodeDecodeError as err:
             raise DataError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from err
         except (OSError, EOFError) as err:  # truncated or corrupt gzip stream
@@ -183,22 +256,27 @@ def _parse_json(text: str, where: str, lineno_offset: int = 0) -> Any:
         raise DataError(f"{where}:{1 + lineno_offset}: invalid JSON (nested too deeply)") from err
 
 
-def _json_lines(lines: Iterable[str], path: str) -> Iterator[Row]:
+def _json_lines(lines: Iterable[str], path: str, on_invalid: OnInvalid) -> Iterator[Row]:
     for lineno, line in enumerate(lines, 1):
         if not line.strip():
             continue
         where = f"{path}:{lineno}"
-        yield Row(where, _as_record(_parse_json(line, path, lineno - 1), where))
+        try:
+            row = Row(where, _as_record(_parse_json(line, path, lineno - 1), where))
+        except DataError as err:
+            on_invalid(err)
+            continue
+        yield row
 
 
-def _read_json(text: str, path: str, limit: Optional[int]) -> List[Row]:
+def _read_json(text: str, path: str, limit: Optional[int], on_invalid: OnInvalid) -> List[Row]:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as err:
         # "Extra data" after a complete first value: most likely JSON lines saved as .json.
         first = text.lstrip().split("\n", 1)[0]
         if err.msg == "Extra data" and _is_json(first):
-            return _take(_json_lines(text.split("\n"), path), limit)
+            return _take(_json_lines(text.split("\n"), path, on_invalid), limit)
         raise DataError(f"{path}:{err.lineno}: invalid JSON ({err.msg} at column {err.colno})") from err
     except RecursionError as err:
         raise DataError(f"{path}: invalid JSON (nested too deeply)") from err
@@ -210,8 +288,7 @@ def _read_json(text: str, path: str, limit: Optional[int]) -> List[Row]:
         data = data[lists[0]]
     if not isinstance(data, list):
         raise DataError(f"{path}: expected a JSON array of records, got {type_name(data)}")
-    n = len(data) if limit is None else min(limit, len(data))
-    return [Row(f"{path}:row {i}", _as_record(data[i - 1], f"{path}:row {i}")) for i in range(1, n + 1)]
+    return _indexed_rows(data if limit is None else data[:limit], path, on_invalid)
 
 
 def _is_json(text: str) -> bool:
@@ -222,13 +299,14 @@ def _is_json(text: str) -> bool:
     return True
 
 
-def _csv_rows(stream: TextIO, path: str) -> Iterator[Row]:
+def _csv_rows(stream: TextIO, path: str, on_invalid: OnInvalid) -> Iterator[Row]:
     reader = csv.DictReader(stream)
     try:
         for i, record in enumerate(reader, 1):
             where = f"{path}:row {i}"
             if None in record:  # DictReader files surplus values under the key None
-                raise DataError(f"{where}: {len(record[None])} more value(s) than the header has columns")
+                on_invalid(DataError(f"{where}: {len(record[None])} more value(s) than the header has columns"))
+                continue
             # A short row leaves None in its last columns: treat those fields as absent, so the field
             # check reports "missing field" for the ones that matter.
             yield Row(where, {key: value for key, value in record.items() if value is not None})
@@ -255,7 +333,7 @@ def _read_parquet(path: str, limit: Optional[int]) -> List[Row]:
 # ---------------------------------------------------------------------------------------------
 # Hugging Face hub
 # ---------------------------------------------------------------------------------------------
-def _read_hub(name: str, split: str, limit: Optional[int]) -> List[Row]:
+def _read_hub(name: str, split: str, limit: Optional[int], on_invalid: OnInvalid) -> List[Row]:
     import datasets
 
     try:
@@ -263,4 +341,4 @@ def _read_hub(name: str, split: str, limit: Optional[int]) -> List[Row]:
     except Exception as err:  # noqa: BLE001 - datasets raises many types (not found, offline, bad config)
         raise DataError(f"{name}: not a local file, and loading it as a Hugging Face dataset "
                         f"(split {split!r}) failed: {type(err).__name__}: {err}") from err
-    return _rows_of(dataset, f"{name}[{split}]", limit)
+    return _rows_of(dataset, f"{name}[{split}]", limit, on_invalid)

@@ -19,7 +19,7 @@ from transformers import PreTrainedTokenizerBase
 from minichatgpt.data.encoding import Encoder, check_max_len
 from minichatgpt.data.fields import (Format, check_instances, check_messages, detect_format, optional,
                                      prompt_messages, require, require_any, user_text)
-from minichatgpt.data.readers import DataError, Record, Source, load_rows, source_name
+from minichatgpt.data.readers import DataError, InvalidRows, Record, Source, load_rows, source_name
 from minichatgpt.functional import IGNORE_INDEX
 from minichatgpt.tokenizer import Message
 
@@ -70,27 +70,34 @@ class SFTDataset(Dataset):
         tokenizer: any Hugging Face tokenizer with an EOS token.
         max_len: the longest sequence kept, in tokens.
         max_datasets_size: read only the first N records.
+        skip_invalid: leave out invalid rows instead of failing on the first one; their number is
+            warned about once and kept in ``num_invalid_skipped``.
 
     Items: ``{"input_ids": (T,) long, "labels": (T,) long}``.
     """
 
     def __init__(self, source: Source, tokenizer: PreTrainedTokenizerBase, max_len: int = 512,
-                 max_datasets_size: Optional[int] = None):
+                 max_datasets_size: Optional[int] = None, skip_invalid: bool = False):
         check_max_len(max_len)
         encoder = Encoder(tokenizer)
         self.examples: List[Dict[str, torch.Tensor]] = []
         self.num_truncated_away = 0
-        for where, record in load_rows(source, max_datasets_size):
-            fmt = detect_format(record, SFT_FORMATS, where)
-            for messages, field in sft_conversations(record, fmt, where):
-                ids, is_response = encoder.conversation_ids(messages, field, where)
-                ids, is_response = ids[:max_len], is_response[:max_len]
-                if not any(is_response):
-                    self.num_truncated_away += 1
-                    continue
-                input_ids = torch.tensor(ids, dtype=torch.long)  # (T,)
-                labels = input_ids.masked_fill(~torch.tensor(is_response), IGNORE_INDEX)  # (T,)
-                self.examples.append({"input_ids": input_ids, "labels": labels})
+        invalid = InvalidRows(source, skip_invalid)
+        for where, record in load_rows(source, max_datasets_size, on_invalid=invalid.skip):
+            with invalid.guard():  # a record is kept whole or not at all
+                fmt = detect_format(record, SFT_FORMATS, where)
+                sequences = [encoder.conversation_ids(messages, field, where)
+                             for messages, field in sft_conversations(record, fmt, where)]
+                for ids, is_response in sequences:
+                    ids, is_response = ids[:max_len], is_response[:max_len]
+                    if not any(is_response):
+                        self.num_truncated_away += 1
+                        continue
+                    input_ids = torch.tensor(ids, dtype=torch.long)  # (T,)
+                    labels = input_ids.masked_fill(~torch.tensor(is_response), IGNORE_INDEX)  # (T,)
+                    self.examples.append({"input_ids": input_ids, "labels": labels})
+        invalid.report(len(self.examples) + self.num_truncated_away)
+        self.num_invalid_skipped = invalid.count
         if not self.examples:
             raise DataError(f"{source_name(source)}: no example left: all {self.num_truncated_away} responses "
                             f"were truncated away by max_len={max_len}")

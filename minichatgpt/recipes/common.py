@@ -17,8 +17,18 @@ from ..nn import load_tokenizer
 from ..trainer import MetricsLogger
 from ..trainer.strategies import STRATEGY_NAMES, Strategy, build_strategy
 from ..trainer.strategies.utils import set_seed
+from .checks import UsageError, validate
 
 MODEL_FAMILIES = ("auto", "gpt2", "opt", "bloom", "llama")
+
+
+class Interrupted(SystemExit):
+    """A stage stopped by SIGTERM/SIGINT after writing its checkpoint: exits with code 128 + the signal
+    number (no traceback) and writes no final model directory, since training did not finish."""
+
+    def __init__(self, stage: str, step: int, signum: int):
+        super().__init__(128 + signum)
+        self.stage, self.step = stage, step
 
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
@@ -40,6 +50,16 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--metrics_path", default=None, help="JSONL metrics file (default: SAVE_PATH/metrics.jsonl)")
     parser.add_argument("--tensorboard_dir", default=None, help="also log to TensorBoard (needs tensorboard)")
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--save_interval", type=int, default=0,
+                        help="write a resumable checkpoint (SAVE_PATH/checkpoints) every N optimizer steps "
+                             "(SFT, RM) or PPO updates (PPO); SIGTERM/SIGINT also write one")
+    parser.add_argument("--save_total_limit", type=int, default=None, help="keep only the newest N checkpoints")
+    parser.add_argument("--resume", default=None, metavar="auto|DIR",
+                        help="continue from a checkpoint: 'auto' takes the newest valid one under "
+                             "SAVE_PATH/checkpoints (or starts afresh when there is none), DIR a checkpoint "
+                             "directory or a directory of them")
+    parser.add_argument("--max_nonfinite_steps", type=int, default=5,
+                        help="stop after this many updates in a row with a non-finite loss or gradient norm")
 
 
 def add_optim_arguments(parser: argparse.ArgumentParser, lr: float) -> None:
@@ -53,11 +73,12 @@ def add_optim_arguments(parser: argparse.ArgumentParser, lr: float) -> None:
     parser.add_argument("--max_epochs", type=int, default=1)
     parser.add_argument("--eval_ratio", type=float, default=0.05,
                         help="share of the dataset held out for evaluation when --eval_dataset is not given")
-    parser.add_argument("--save_interval", type=int, default=0, help="also save every N optimizer steps")
 
 
 def setup(args: argparse.Namespace) -> Strategy:
-    """Seed, build the strategy (process group included), and check the output directory early."""
+    """Check the flags (``checks.validate``), seed, build the strategy (process group included), and create
+    the output directory."""
+    validate(args)
     strategy = build_strategy(args.strategy)
     set_seed(args.seed)
     if args.save_path:
@@ -74,7 +95,7 @@ def check_writable(path: str) -> None:
             f.write("ok")
         os.remove(probe)
     except OSError as e:
-        raise OSError(f"--save_path {path!r} is not writable: {e}") from e
+        raise UsageError(f"--save_path {path!r} is not writable: {e}") from e
 
 
 def build_tokenizer(args: argparse.Namespace):
@@ -102,6 +123,27 @@ def split_eval(dataset: Dataset, eval_ratio: float, seed: int):
     order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed)).tolist()
     n_eval = max(1, int(len(dataset) * eval_ratio))
     return Subset(dataset, order[n_eval:]), Subset(dataset, order[:n_eval])
+
+
+def checkpointing(args: argparse.Namespace, strategy: Strategy, stage: str):
+    """The stage's ``CheckpointManager`` (None without ``--save_path``) and the checkpoint ``--resume``
+    names (None to start afresh)."""
+    from ..trainer.checkpoint import CheckpointManager, resolve_resume
+
+    if not args.save_path:
+        if args.resume:
+            raise UsageError("--resume needs --save_path (checkpoints live in SAVE_PATH/checkpoints)")
+        return None, None
+    config = {k: v for k, v in vars(args).items() if isinstance(v, (str, int, float, bool, type(None)))}
+    manager = CheckpointManager(os.path.join(args.save_path, "checkpoints"), strategy, args.save_total_limit,
+                                {"stage": stage, **config})
+    try:
+        resume = resolve_resume(args.resume, manager.root, manager)
+    except (OSError, RuntimeError) as e:
+        raise UsageError(str(e)) from e
+    if args.resume == "auto" and resume is None:
+        strategy.print(f"--resume auto: no checkpoint under {manager.root} yet; starting from the beginning")
+    return manager, resume
 
 
 def write_json(path: str, obj) -> None:
@@ -147,15 +189,15 @@ def run_supervised_stage(args: argparse.Namespace, stage: str, model_cls, datase
     total_steps = -(-len(train_loader) // args.accumulation_steps) * args.max_epochs
     scheduler = warmup_cosine_schedule(optim, total_steps, int(args.warmup_ratio * total_steps))
     logger = metrics_logger(args, stage)
-
-    def save(step: int) -> None:
-        save_pretrained(strategy, model, os.path.join(args.save_path, f"step_{step}"), tokenizer)
-
+    checkpoint, resume = checkpointing(args, strategy, stage)
     trainer = trainer_cls(model, strategy, optim, scheduler, max_epochs=args.max_epochs,
                           accumulation_steps=args.accumulation_steps, max_grad_norm=args.max_grad_norm,
-                          log_interval=args.log_interval, save_interval=args.save_interval if args.save_path else 0,
-                          save_fn=save, callbacks=[logger] if logger else [], **trainer_kwargs)
-    metrics = trainer.fit(train_loader, eval_loader)
+                          log_interval=args.log_interval, save_interval=args.save_interval, checkpoint=checkpoint,
+                          max_nonfinite_steps=args.max_nonfinite_steps, callbacks=[logger] if logger else [],
+                          **trainer_kwargs)
+    metrics = trainer.fit(train_loader, eval_loader, resume_from=resume)
+    if trainer.interrupted:
+        raise Interrupted(stage, trainer.step, trainer.interrupted)
     if args.save_path:
         save_pretrained(strategy, model, args.save_path, tokenizer)
     strategy.print(f"{stage}: " + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))

@@ -12,7 +12,7 @@ import json
 import os
 import shlex
 import time
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 import torch
 
@@ -22,6 +22,7 @@ from ..nn import Actor, RewardModel, load_tokenizer
 from ..trainer.rm import evaluate_pairs
 from ..trainer.strategies import STRATEGY_NAMES
 from . import ppo, rm, sft
+from .checks import validate_pipeline
 from .common import write_json
 from .evaluate import evaluate_policy
 
@@ -37,6 +38,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--lora_rank", type=int, default=0)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--eval_prompts", type=int, default=256, help="held-out prompts for the final evaluation")
+    parser.add_argument("--skip_invalid_rows", action="store_true",
+                        help="every stage leaves out invalid data rows (counted and reported) instead of stopping")
+    parser.add_argument("--save_interval", type=int, default=0,
+                        help="every stage writes a resumable checkpoint every N steps (see each stage's --help)")
+    parser.add_argument("--save_total_limit", type=int, default=None, help="keep the newest N checkpoints per stage")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue an interrupted pipeline in OUTPUT_DIR: finished stages are skipped and the "
+                             "interrupted one resumes from its newest checkpoint")
     parser.add_argument("--sft_args", default="", help="extra flags for the SFT stage, e.g. \"--max_epochs 2\"")
     parser.add_argument("--rm_args", default="", help="extra flags for the reward-model stage")
     parser.add_argument("--ppo_args", default="", help="extra flags for the PPO stage")
@@ -50,7 +59,8 @@ def _flags(options: dict) -> List[str]:
 def _stage_argv(args, stage_defaults: dict, demo_mode: bool, extra: str, **options) -> List[str]:
     options = {k: v for k, v in options.items() if v is not None}
     defaults = _flags(stage_defaults) if demo_mode else []
-    return defaults + _flags(options) + shlex.split(extra)
+    skip = ["--skip_invalid_rows"] if getattr(args, "skip_invalid_rows", False) else []
+    return defaults + _flags(options) + skip + shlex.split(extra)
 
 
 def _plot(metrics_path: str, png_path: str) -> None:
@@ -89,7 +99,8 @@ def evaluate(args, out: str) -> dict:
     else:
         from ..data import PromptDataset
 
-        dataset = PromptDataset(args.prompt_dataset, tokenizer, max_datasets_size=args.eval_prompts)
+        dataset = PromptDataset(args.prompt_dataset, tokenizer, max_datasets_size=args.eval_prompts,
+                                skip_invalid=args.skip_invalid_rows)
         prompts, pairs = dataset.messages, args.rm_dataset
     common = dict(reference=sft_model, reward_model=reward_model, score_fn=demo.ground_truth_score if demo_mode else None,
                   seed=args.seed, max_new_tokens=ppo.DEMO_DEFAULTS["max_new_tokens"] if demo_mode else 64)
@@ -97,8 +108,10 @@ def evaluate(args, out: str) -> dict:
               "ppo": evaluate_policy(ppo_model, tokenizer, prompts, **common)}
     if pairs is not None:
         max_len = rm.DEMO_DEFAULTS["max_len"] if demo_mode else 512
-        loader = torch.utils.data.DataLoader(PreferenceDataset(pairs, tokenizer, max_len=max_len, max_datasets_size=512),
-                                             batch_size=64, collate_fn=PreferenceCollator(tokenizer.pad_token_id))
+        pair_set = PreferenceDataset(pairs, tokenizer, max_len=max_len, max_datasets_size=512,
+                                     skip_invalid=args.skip_invalid_rows)
+        loader = torch.utils.data.DataLoader(pair_set, batch_size=64,
+                                             collate_fn=PreferenceCollator(tokenizer.pad_token_id))
         sums = evaluate_pairs(reward_model, loader, "cpu")
         result["rm_heldout_accuracy"] = sums["correct"] / max(sums["count"], 1)
     return result
@@ -118,38 +131,60 @@ def format_summary(summary: dict) -> str:
     return "\n".join(lines)
 
 
+STAGES = ("sft", "rm", "ppo")
+STAGE_DONE = "stage_result.json"  # written into a stage's directory once the stage has finished
+
+
+def stage_argvs(args: argparse.Namespace) -> Dict[str, List[str]]:
+    """Each stage's command line, as the pipeline runs it (also what ``checks`` validates up front)."""
+    out = args.output_dir
+    base = dict(strategy=args.strategy, seed=args.seed, metrics_path=os.path.join(out, "metrics.jsonl"),
+                save_interval=args.save_interval or None, save_total_limit=args.save_total_limit)
+    stages = {
+        "sft": (sft, args.sft_dataset, dict(pretrain=args.pretrain, dataset=args.sft_dataset,
+                                            lora_rank=args.lora_rank or None)),
+        "rm": (rm, args.rm_dataset, dict(pretrain=os.path.join(out, "sft"), dataset=args.rm_dataset)),
+        "ppo": (ppo, args.prompt_dataset, dict(pretrain=os.path.join(out, "sft"), rm_pretrain=os.path.join(out, "rm"),
+                                               prompt_path=args.prompt_dataset, lora_rank=args.lora_rank or None)),
+    }
+    return {stage: _stage_argv(args, module.DEMO_DEFAULTS, args.pretrain is None and data is None,
+                               getattr(args, f"{stage}_args"), save_path=os.path.join(out, stage), **options, **base)
+            for stage, (module, data, options) in stages.items()}
+
+
+def _run_stage(stage: str, argv: List[str]) -> dict:
+    if stage == "ppo":
+        return ppo.run(ppo.build_parser().parse_args(argv))
+    return {"metrics": {"sft": sft, "rm": rm}[stage].main(argv)}
+
+
 def main(argv: Optional[List[str]] = None) -> dict:
     args = build_parser().parse_args(argv)
+    validate_pipeline(args)  # every stage's flags, before SFT starts
     out = args.output_dir
     os.makedirs(out, exist_ok=True)
+    rank0 = int(os.environ.get("RANK", "0")) == 0
     metrics_path = os.path.join(out, "metrics.jsonl")
-    if int(os.environ.get("RANK", "0")) == 0 and os.path.exists(metrics_path):
+    if rank0 and os.path.exists(metrics_path) and not args.resume:
         os.remove(metrics_path)  # a rerun into the same directory starts a fresh log (only rank 0 writes it)
-    base = dict(strategy=args.strategy, seed=args.seed, metrics_path=metrics_path)
-    wall, results = {}, {}
+    wall, results, performance = {}, {}, {}
+    for stage, stage_argv in stage_argvs(args).items():
+        marker = os.path.join(out, stage, STAGE_DONE)
+        if args.resume and os.path.isfile(marker):
+            with open(marker) as f:
+                done = json.load(f)
+            if rank0:
+                print(f"{stage}: finished earlier ({os.path.join(out, stage)}); skipped")
+        else:
+            start = time.perf_counter()
+            done = _run_stage(stage, stage_argv + (["--resume", "auto"] if args.resume else []))
+            done["wall_time_s"] = time.perf_counter() - start
+            if rank0:
+                write_json(marker, done)
+        results[stage], wall[stage] = done["metrics"], done["wall_time_s"]
+        performance = done.get("performance", performance)
 
-    start = time.perf_counter()
-    results["sft"] = sft.main(_stage_argv(args, sft.DEMO_DEFAULTS, args.pretrain is None and args.sft_dataset is None,
-                                          args.sft_args, pretrain=args.pretrain, dataset=args.sft_dataset,
-                                          save_path=os.path.join(out, "sft"), lora_rank=args.lora_rank or None,
-                                          **base))
-    wall["sft"] = time.perf_counter() - start
-
-    start = time.perf_counter()
-    results["rm"] = rm.main(_stage_argv(args, rm.DEMO_DEFAULTS, args.pretrain is None and args.rm_dataset is None,
-                                        args.rm_args, pretrain=os.path.join(out, "sft"), dataset=args.rm_dataset,
-                                        save_path=os.path.join(out, "rm"), **base))
-    wall["rm"] = time.perf_counter() - start
-
-    start = time.perf_counter()
-    ppo_result = ppo.run(ppo.build_parser().parse_args(_stage_argv(
-        args, ppo.DEMO_DEFAULTS, args.pretrain is None and args.prompt_dataset is None, args.ppo_args,
-        pretrain=os.path.join(out, "sft"), rm_pretrain=os.path.join(out, "rm"), prompt_path=args.prompt_dataset,
-        save_path=os.path.join(out, "ppo"), lora_rank=args.lora_rank or None, **base)))
-    results["ppo"] = ppo_result["metrics"]
-    wall["ppo"] = time.perf_counter() - start
-
-    summary = {"stages": results, "wall_time_s": wall, "performance": ppo_result["performance"]}
+    summary = {"stages": results, "wall_time_s": wall, "performance": performance}
     if not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0:
         summary["evaluation"] = evaluate(args, out)
         write_json(os.path.join(out, "summary.json"), summary)

@@ -17,7 +17,8 @@ from ..data import PretrainDataset, PromptCollator, PromptDataset, SFTCollator
 from ..nn import Actor, Critic, RewardModel, is_lora
 from ..trainer import PerformanceEvaluator, PPOTrainer
 from ..trainer.utils import save_pretrained
-from .common import add_common_arguments, build_tokenizer, metrics_logger, parse_with_demo_defaults, setup
+from .common import (Interrupted, add_common_arguments, build_tokenizer, checkpointing, metrics_logger,
+                     parse_with_demo_defaults, setup)
 
 DEMO_DEFAULTS = dict(num_episodes=12, max_timesteps=4, update_timesteps=4, experience_batch_size=32,
                      train_batch_size=32, max_epochs=2, max_new_tokens=14, max_input_len=32, actor_lr=5e-5,
@@ -31,6 +32,8 @@ def build_parser(parser: Optional[argparse.ArgumentParser] = None) -> argparse.A
     parser.add_argument("--prompt_path", default=None,
                         help="prompts (instruction/prompt/messages fields, or hh-rlhf dialogues); default: built-in")
     parser.add_argument("--pretrain_dataset", default=None, help="PPO-ptx data ({'text'} records or SFT formats)")
+    parser.add_argument("--skip_invalid_rows", action="store_true",
+                        help="leave out invalid data rows (counted and reported) instead of stopping at the first")
     parser.add_argument("--rm_pretrain", default=None, help="reward model / critic start (default: --pretrain)")
     parser.add_argument("--rm_model", default="auto", help="reward model family; kept for compatibility")
     parser.add_argument("--rm_path", default=None, help="reward-model state dict (.pt/.safetensors) to load")
@@ -112,13 +115,14 @@ def run(args: argparse.Namespace) -> dict:
     with strategy.model_init_context():
         actor, critic, reward_model, reference = build_models(args)
     prompts = PromptDataset(args.prompt_path or demo.prompt_records(DEMO_PROMPTS, seed=args.seed + 2), tokenizer,
-                            max_len=args.max_input_len, max_datasets_size=args.max_datasets_size)
+                            max_len=args.max_input_len, max_datasets_size=args.max_datasets_size,
+                            skip_invalid=args.skip_invalid_rows)
     prompt_loader = strategy.setup_dataloader(prompts, args.experience_batch_size, shuffle=True,
                                               collate_fn=PromptCollator(tokenizer.pad_token_id), seed=args.seed)
     pretrain_loader = None
     if args.pretrain_dataset:
         ptx = PretrainDataset(args.pretrain_dataset, tokenizer, max_len=args.max_len,
-                              max_datasets_size=args.max_datasets_size)
+                              max_datasets_size=args.max_datasets_size, skip_invalid=args.skip_invalid_rows)
         pretrain_loader = strategy.setup_dataloader(ptx, args.ptx_batch_size, shuffle=True,
                                                     collate_fn=SFTCollator(tokenizer.pad_token_id), seed=args.seed)
 
@@ -131,6 +135,7 @@ def run(args: argparse.Namespace) -> dict:
 
     performance = PerformanceEvaluator()
     logger = metrics_logger(args, "ppo")
+    checkpoint, resume = checkpointing(args, strategy, "ppo")
     trainer = PPOTrainer(strategy, actor, critic, reward_model, reference, actor_optim, critic_optim,
                          kl_coef=args.kl_coef, ptx_coef=args.ptx_coef, train_batch_size=args.train_batch_size,
                          buffer_limit=args.buffer_limit, eps_clip=args.eps_clip, value_clip=args.value_clip,
@@ -139,11 +144,15 @@ def run(args: argparse.Namespace) -> dict:
                          callbacks=[performance] + ([logger] if logger else []), gamma=args.gamma, lam=args.lam,
                          kl_estimator=args.kl_estimator, score_clip=args.score_clip,
                          normalize_scores=args.normalize_scores, target_kl=args.target_kl,
-                         kl_horizon=args.kl_horizon, max_grad_norm=args.max_grad_norm,
+                         kl_horizon=args.kl_horizon, max_grad_norm=args.max_grad_norm, checkpoint=checkpoint,
+                         save_interval=args.save_interval, max_nonfinite_steps=args.max_nonfinite_steps,
                          max_new_tokens=args.max_new_tokens, do_sample=not args.greedy,
                          temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
     metrics = trainer.fit(prompt_loader, pretrain_loader, num_episodes=args.num_episodes,
-                          max_timesteps=args.max_timesteps, update_timesteps=args.update_timesteps)
+                          max_timesteps=args.max_timesteps, update_timesteps=args.update_timesteps,
+                          resume_from=resume)
+    if trainer.interrupted:
+        raise Interrupted("ppo", trainer.step, trainer.interrupted)
     if args.save_path:
         save_pretrained(strategy, actor, args.save_path, tokenizer)
         save_pretrained(strategy, critic, os.path.join(args.save_path, "critic"), tokenizer)

@@ -1,6 +1,7 @@
 """Stage 2 recipe: reward-model training (``examples/train_reward_model.py``, ``minichatgpt rm``)."""
 
 import argparse
+from functools import partial
 from typing import List, Optional
 
 from .. import demo
@@ -21,6 +22,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="preference pairs: prompt/chosen/rejected, hh-rlhf dialogues, conversations + "
                              "chosen/rejected, instruction + chosen/rejected; default: the built-in pairs")
     parser.add_argument("--eval_dataset", default=None, help="held-out pairs (default: --eval_ratio of --dataset)")
+    parser.add_argument("--skip_invalid_rows", action="store_true",
+                        help="leave out invalid data rows (counted and reported) instead of stopping at the first")
     parser.add_argument("--loss_fn", default="log_sig", choices=("log_sig", "log_exp"), help="pairwise ranking loss")
     parser.epilog = f"With neither --pretrain nor --dataset the built-in demo runs, with defaults {DEMO_DEFAULTS}."
     return parser
@@ -28,7 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> dict:
     """Train and save; returns the final metrics (pairwise accuracy and margin on held-out pairs)."""
-    return run_supervised_stage(args, "rm", RewardModel, PreferenceDataset, PreferenceCollator, RewardModelTrainer,
+    dataset_cls = partial(PreferenceDataset, skip_invalid=args.skip_invalid_rows)
+    return run_supervised_stage(args, "rm", RewardModel, dataset_cls, PreferenceCollator, RewardModelTrainer,
                                 lambda: demo.preference_records(DEMO_SIZE, seed=args.seed + 1), loss_fn=args.loss_fn)
 
 

@@ -1,6 +1,7 @@
 """Stage 1 recipe: supervised fine-tuning (``examples/train_sft.py``, ``minichatgpt sft``)."""
 
 import argparse
+from functools import partial
 from typing import List, Optional
 
 from .. import demo
@@ -22,13 +23,16 @@ def build_parser() -> argparse.ArgumentParser:
                         help="SFT data: Alpaca json, prompt/completion jsonl, chat (messages/conversations), csv, "
                              "parquet, .gz, or a dataset name; default: the built-in demonstrations")
     parser.add_argument("--eval_dataset", default=None, help="held-out data (default: --eval_ratio of --dataset)")
+    parser.add_argument("--skip_invalid_rows", action="store_true",
+                        help="leave out invalid data rows (counted and reported) instead of stopping at the first")
     parser.epilog = f"With neither --pretrain nor --dataset the built-in demo runs, with defaults {DEMO_DEFAULTS}."
     return parser
 
 
 def run(args: argparse.Namespace) -> dict:
     """Train and save; returns the final metrics (training loss, eval loss and perplexity)."""
-    return run_supervised_stage(args, "sft", LM, SFTDataset, SFTCollator, SFTTrainer,
+    dataset_cls = partial(SFTDataset, skip_invalid=args.skip_invalid_rows)
+    return run_supervised_stage(args, "sft", LM, dataset_cls, SFTCollator, SFTTrainer,
                                 lambda: demo.sft_records(DEMO_SIZE, seed=args.seed))
 
 

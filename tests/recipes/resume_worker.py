@@ -7,7 +7,8 @@
 - ``sigterm``: send SIGTERM to itself during step STEP (optimizer step, or PPO timestep);
 - ``sigterm_twice``: send SIGTERM twice during that step (exit at once, without a checkpoint).
 
-Under torchrun only rank 0 injects the fault.
+Under torchrun only rank 0 injects the fault. With ``FAULT_STAGE`` set (``sft``, ``rm``, ``ppo``), only
+that stage's checkpoints count (for the pipeline).
 """
 
 import os
@@ -33,7 +34,7 @@ if FAULT == "kill_after_save":
 
     def save_then_kill(self, step, models, state):
         path = save(self, step, models, state)
-        if step == STEP:
+        if step == STEP and self.config.get("stage") == os.environ.get("FAULT_STAGE", self.config.get("stage")):
             kill(signal.SIGKILL)
         return path
 

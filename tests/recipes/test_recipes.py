@@ -12,6 +12,7 @@ from transformers import AutoModelForCausalLM, AutoModelForSequenceClassificatio
 from minichatgpt import demo
 from minichatgpt.data import DataError
 from minichatgpt.recipes import pipeline, ppo, rm, sft
+from minichatgpt.recipes.checks import UsageError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 REDUCED = ["--eval_prompts", "32",
@@ -95,7 +96,7 @@ def test_bad_dataset_row_is_named_before_training(tiny_model_dirs, tmp_path):
 def test_unwritable_save_path_fails_early(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
-    with pytest.raises(OSError, match="file"):
+    with pytest.raises(UsageError, match=r"--save_path .*file"):
         sft.main(["--save_path", str(blocker / "out"), "--max_datasets_size", "8"])
 
 

@@ -19,6 +19,12 @@ WORKER = os.path.join(HERE, "resume_worker.py")
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.path.dirname(os.path.dirname(HERE))}
 
 
+PIPELINE = ["--eval_prompts", "16", "--sft_args", "--max_datasets_size 64 --max_epochs 1 --batch_size 16",
+            "--rm_args", "--max_datasets_size 64 --max_epochs 1 --batch_size 16",
+            "--ppo_args", "--num_episodes 2 --max_timesteps 1 --update_timesteps 1 --experience_batch_size 8 "
+                          "--train_batch_size 8 --max_epochs 1 --max_new_tokens 6"]
+
+
 def stage_args(stage: str, model_dir: str, save_path) -> list:
     common = ["--pretrain", model_dir, "--save_path", str(save_path), "--log_interval", "1", "--save_interval", "1",
               "--seed", "7"]
@@ -161,3 +167,28 @@ def test_ddp_job_killed_and_relaunched_resumes_bit_identical(stage, step, tiny_m
     assert not os.path.exists(broken / "model.safetensors")
     assert torchrun(["-m", "minichatgpt.cli", *args(broken), "--resume", "auto"], tmp_path, free_port()) == 0
     assert_identical(broken, whole)
+
+
+@pytest.mark.slow
+def test_pipeline_killed_during_the_reward_model_resumes_to_the_same_result(tmp_path):
+    whole, broken = tmp_path / "whole", tmp_path / "broken"
+    args = lambda path: ["pipeline", "--output_dir", str(path), "--save_interval", "1", *PIPELINE]  # noqa: E731
+    assert main(args(whole)) == 0
+    env = {**ENV, "FAULT_STAGE": "rm"}
+    killed = subprocess.run([sys.executable, WORKER, "kill_after_save", "2", *args(broken)], env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    assert (broken / "sft" / "stage_result.json").exists() and not (broken / "rm" / "stage_result.json").exists()
+    sft_checkpoints = sorted(os.listdir(broken / "sft" / "checkpoints"))
+    assert main(args(broken) + ["--resume"]) == 0
+    assert sorted(os.listdir(broken / "sft" / "checkpoints")) == sft_checkpoints  # SFT was not run again
+    for stage in ("rm", "ppo"):
+        a, b = final_weights(broken / stage), final_weights(whole / stage)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), stage
+    assert metric_lines_all(broken) == metric_lines_all(whole)
+    summary = lambda path: json.loads((path / "summary.json").read_text())["evaluation"]  # noqa: E731
+    assert summary(broken) == summary(whole)
+
+
+def metric_lines_all(out) -> list:
+    return [json.loads(line) for line in open(out / "metrics.jsonl")]

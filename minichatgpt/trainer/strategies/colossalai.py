@@ -195,6 +195,7 @@ class ColossalAIStrategy(Strategy):
         self.barrier()
 
     def load_model(self, model: nn.Module, path: str, strict: bool = True) -> None:
+        load_state_dict(path)  # refuses a file that is not plain tensors before the booster unpickles it
         self.booster.load_model(model, path, strict=strict)
 
     def save_optimizer(self, optimizer: Optimizer, path: str, only_rank0: bool = False) -> None:
