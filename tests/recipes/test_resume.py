@@ -16,7 +16,7 @@ from minichatgpt.cli import main
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 WORKER = os.path.join(HERE, "resume_worker.py")
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.path.dirname(os.path.dirname(HERE))}
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu", "PYTHONPATH": os.path.dirname(os.path.dirname(HERE))}
 
 
 PIPELINE = ["--eval_prompts", "16", "--sft_args", "--max_datasets_size 64 --max_epochs 1 --batch_size 16",
@@ -158,10 +158,14 @@ def torchrun(script_args: list, tmp_path, port: int) -> int:
 
 @pytest.mark.slow
 @pytest.mark.distributed
-@pytest.mark.parametrize("stage,step", [("sft", 2), ("ppo", 4)])
-def test_ddp_job_killed_and_relaunched_resumes_bit_identical(stage, step, tiny_model_dirs, tmp_path):
+@pytest.mark.parametrize("strategy,stage,step", [("ddp", "sft", 2), ("ddp", "ppo", 4), ("fsdp", "rm", 3),
+                                                  ("deepspeed_zero3", "sft", 2)])
+def test_distributed_job_killed_and_relaunched_resumes_bit_identical(strategy, stage, step, tiny_model_dirs,
+                                                                     tmp_path):
     whole, broken = tmp_path / "whole", tmp_path / "broken"
-    args = lambda path: stage_args(stage, tiny_model_dirs["gpt2"], path) + ["--strategy", "ddp"]  # noqa: E731
+    if strategy.startswith("deepspeed"):
+        pytest.importorskip("deepspeed")
+    args = lambda path: stage_args(stage, tiny_model_dirs["gpt2"], path) + ["--strategy", strategy]  # noqa: E731
     assert torchrun(["-m", "minichatgpt.cli", *args(whole)], tmp_path, free_port()) == 0
     assert torchrun([WORKER, "kill_after_save", str(step), *args(broken)], tmp_path, free_port()) != 0
     assert not os.path.exists(broken / "model.safetensors")
