@@ -87,12 +87,13 @@ def build_models(args: argparse.Namespace):
     reference = None if share else Actor(pretrained=args.pretrain)
     critic = Critic(pretrained=rm_source, checkpoint=args.grad_checkpoint, **lora)
     if share and args.lora_train_bias == "none":
-        reward_model = RewardModel.sharing_backbone(critic)  # the critic's frozen base weights and head
+        # The critic's frozen base weights and a frozen copy of its head; freezing this module as a
+        # whole would also freeze the critic's adapters, which live in the same backbone.
+        reward_model = RewardModel.sharing_backbone(critic)
     else:
-        reward_model = RewardModel(pretrained=rm_source)
-    for model in (reward_model, reference):
-        if model is not None:
-            model.requires_grad_(False)
+        reward_model = RewardModel(pretrained=rm_source).requires_grad_(False)
+    if reference is not None:
+        reference.requires_grad_(False)
     return actor, critic, reward_model, reference
 
 

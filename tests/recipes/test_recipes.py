@@ -61,6 +61,9 @@ def test_ppo_recipe_with_lora_shares_reference_and_reward_backbone(reduced_pipel
         "--train_batch_size", "8", "--max_epochs", "1", "--max_new_tokens", "8", "--save_path", str(tmp_path)])
     actor, critic, reward_model, reference = ppo.build_models(args)
     assert reference is None and reward_model.model is critic.model
+    trainable = [name for name, p in critic.named_parameters() if p.requires_grad]
+    assert "value_head.weight" in trainable and any("lora_" in name for name in trainable)
+    assert not any(p.requires_grad for p in reward_model.value_head.parameters())
     result = ppo.run(args)
     assert result["metrics"]["kl_coef"] == args.kl_coef
     assert (tmp_path / "adapter" / "adapter_config.json").exists()
