@@ -30,6 +30,9 @@ setup(
         "cuda": ["bitsandbytes>=0.45"],
         "gguf": ["gguf>=0.10"],
         "tensorboard": ["tensorboard>=2.14"],
+        # Peers for benchmarks/compare_*.py. TRL's PPO trainer left TRL in 1.13: compare_ppo.py runs it from
+        # its own environment with trl==1.12.0 (see that script's docstring).
+        "bench": ["trl>=1.16,<2"],
     },
     package_data={"minichatgpt.serving": ["static/*"]},
     entry_points={"console_scripts": ["minichatgpt=minichatgpt.cli:main"]},

@@ -71,6 +71,26 @@ def log_probs_from_logits(logits: torch.Tensor, labels: torch.Tensor) -> torch.T
     return picked - torch.logsumexp(logits, dim=-1)
 
 
+def log_probs_and_entropy(logits: torch.Tensor, labels: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``log_probs_from_logits`` and, without gradient, ``entropy_from_logits`` sharing one ``logsumexp``.
+
+    The entropy ``lse - sum(p * logits)`` reuses the log-partition of the log-probs and needs a single
+    (..., V) buffer (the probabilities, multiplied in place), instead of a second ``logsumexp`` pass and
+    the three (..., V) tensors of ``log_softmax``, ``exp`` and the product.
+
+    Returns:
+        (...) float32 log-probabilities (differentiable) and (...) float32 entropies (detached).
+    """
+    logits = logits.float()
+    lse = torch.logsumexp(logits, dim=-1)
+    log_probs = logits.gather(-1, labels.unsqueeze(-1)).squeeze(-1) - lse
+    with torch.no_grad():
+        lse, logits = lse.detach(), logits.detach()
+        probs = (logits - lse.unsqueeze(-1)).exp_()
+        entropy = lse - probs.mul_(logits).sum(-1)
+    return log_probs, entropy
+
+
 def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
     """Entropy of ``softmax(logits)`` along the last dim: (..., V) -> (...)."""
     logits = logits.float()

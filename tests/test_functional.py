@@ -80,6 +80,20 @@ def test_log_probs_from_logits_equal_log_softmax_gather():
     assert_close(F_.log_probs_from_logits(logits, labels), expected)
 
 
+def test_fused_log_probs_and_entropy_match_the_separate_computations():
+    g = torch.Generator().manual_seed(4)
+    logits = (3 * torch.randn(2, 5, 11, generator=g)).requires_grad_()
+    labels = torch.randint(0, 11, (2, 5), generator=g)
+    log_probs, entropy = F_.log_probs_and_entropy(logits, labels)
+    assert_close(log_probs, F_.log_probs_from_logits(logits, labels))
+    p = torch.softmax(logits.detach(), -1)
+    assert_close(entropy, -(p * p.log()).sum(-1))
+    assert not entropy.requires_grad
+    log_probs.sum().backward()  # the gradient is that of the plain log-probs
+    expected = torch.autograd.grad(F_.log_probs_from_logits(logits, labels).sum(), logits)[0]
+    assert_close(logits.grad, expected)
+
+
 def test_entropy_of_uniform_is_log_vocab():
     assert_close(F_.entropy_from_logits(torch.zeros(3, 8)), torch.full((3,), math.log(8)))
 

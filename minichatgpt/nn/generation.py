@@ -36,6 +36,11 @@ def accepts_position_ids(model: nn.Module) -> bool:
     return "position_ids" in _forward_parameters(model)
 
 
+def accepts_logits_to_keep(model: nn.Module) -> bool:
+    """Whether the model can compute logits for the last positions only (``logits_to_keep``)."""
+    return "logits_to_keep" in _forward_parameters(model)
+
+
 def cache_argument(model: nn.Module) -> str:
     """Name of the KV-cache argument and output field: ``cache`` (transformers >= 5.2x) or the older
     ``past_key_values``."""
@@ -91,10 +96,13 @@ def generate(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Te
     cache_name = cache_argument(model)
     processors = _logits_processors(temperature, top_k, top_p) if do_sample else LogitsProcessorList()
 
+    # Only the last position's logits are sampled from: the prompt's (B, P, V) logits are never computed.
+    keep = {"logits_to_keep": 1} if accepts_logits_to_keep(model) else {}
+
     attention_mask = attention_mask.long()
     position_ids = position_ids_from_mask(attention_mask)
     kwargs = {"position_ids": position_ids} if use_position_ids else {}
-    out = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=True, **kwargs)
+    out = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=True, **keep, **kwargs)
     next_position = position_ids[:, -1:] + 1  # (B, 1)
 
     finished = torch.zeros(input_ids.size(0), dtype=torch.bool, device=input_ids.device)
@@ -116,7 +124,7 @@ def generate(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Te
         attention_mask = torch.cat([attention_mask, masks[-1].unsqueeze(1)], dim=1)
         kwargs = {"position_ids": next_position} if use_position_ids else {}
         kwargs[cache_name] = getattr(out, cache_name)
-        out = model(input_ids=token.unsqueeze(1), attention_mask=attention_mask, use_cache=True, **kwargs)
+        out = model(input_ids=token.unsqueeze(1), attention_mask=attention_mask, use_cache=True, **keep, **kwargs)
         next_position = next_position + 1
 
     model.train(was_training)

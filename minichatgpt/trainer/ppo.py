@@ -14,8 +14,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from ..experience import AdaptiveKLController, Experience, ExperienceMaker, FixedKLController, ReplayBuffer
-from ..functional import (entropy_from_logits, explained_variance, lm_loss, log_probs_from_logits, masked_mean,
-                          policy_loss, value_loss)
+from ..functional import explained_variance, lm_loss, log_probs_and_entropy, masked_mean, policy_loss, value_loss
 from .callbacks import Callback
 from .checkpoint import CheckpointManager
 from .guards import NonFiniteGuard, StopRequest, agree_flags
@@ -181,14 +180,14 @@ class PPOTrainer:
         self.critic.train()
         num_actions, mask = experience.num_actions, experience.action_mask
         logits = self.actor(experience.sequences, experience.attention_mask, num_actions)  # (B, A, V)
-        log_probs = log_probs_from_logits(logits, experience.sequences[:, -num_actions:])  # (B, A)
+        log_probs, entropy = log_probs_and_entropy(logits, experience.sequences[:, -num_actions:])  # (B, A) each
         actor = policy_loss(log_probs, experience.log_probs, experience.advantages, mask, self.eps_clip)
         use_ptx = self._ptx_iter is not None
         policy_weight = 1.0 - self.ptx_coef if use_ptx else 1.0
         # Separate backward passes: DDP/ZeRO engines expect one backward per forward.
         self.strategy.backward(policy_weight * actor.loss, self.actor, self.actor_optim)
         stats = {"policy_loss": actor.loss.detach(), "clip_frac": actor.clip_frac, "approx_kl": actor.approx_kl,
-                 "entropy": masked_mean(entropy_from_logits(logits.detach()), mask)}
+                 "entropy": masked_mean(entropy, mask)}
         actor_loss = actor.loss.detach()
         if use_ptx:
             batch = self._ptx_batch()
