@@ -25,6 +25,16 @@ PIPELINE = ["--eval_prompts", "16", "--sft_args", "--max_datasets_size 64 --max_
                           "--train_batch_size 8 --max_epochs 1 --max_new_tokens 6"]
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """In-process runs use one thread like the subprocesses (OMP_NUM_THREADS=1): a different thread count
+    changes the order of float reductions, and results would differ in their last bits."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def stage_args(stage: str, model_dir: str, save_path) -> list:
     common = ["--pretrain", model_dir, "--save_path", str(save_path), "--log_interval", "1", "--save_interval", "1",
               "--seed", "7"]
