@@ -35,6 +35,7 @@ import os
 import platform
 import statistics
 import sys
+import tempfile
 import time
 from datetime import datetime, timezone
 from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
@@ -334,3 +335,36 @@ def report(benchmark: str, args: argparse.Namespace, header: str, results: Dict[
             f.write(json.dumps(record) + "\n")
         print(f"appended to {args.results}")
     return record
+
+
+def compare_with_trl(benchmark: str, args: argparse.Namespace, make_examples: Callable, model_dir: Callable,
+                     ours: Callable, peer: Callable, peer_name: str, workload: Callable) -> dict:
+    """The body of ``compare_sft`` / ``compare_rm``: data, one saved model, the two sides alternated, the report.
+
+    ``make_examples(tokenizer, data, seq_len, n)``; ``model_dir(dirs)`` picks the saved model both sides load;
+    ``ours(args, model_dir, examples, pad_id)`` and ``peer(args, model_dir, tokenizer, examples, out_dir)`` build
+    the ``Side``s; ``workload(args, data)`` describes the batches for the header.
+    """
+    set_threads(args.threads)
+    args.data = data = resolve_data(args.data)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    tokenizer = build_tokenizer(data)
+    examples = make_examples(tokenizer, data, args.seq_len, args.steps * args.batch_size)
+    sides, skipped = [], {}
+    with tempfile.TemporaryDirectory(prefix=f"{benchmark}_") as tmp:
+        dirs = save_models(tokenizer, tmp, args.n_layer, args.n_embd, args.n_head, max(1024, args.seq_len),
+                           args.seed)
+        sides.append(ours(args, model_dir(dirs), examples, tokenizer.pad_token_id))
+        if args.no_peer:
+            skipped[peer_name] = "--no_peer"
+        elif version_of("trl") is None:
+            skipped[peer_name] = "trl is not installed (pip install trl)"
+        else:
+            sides.append(peer(args, model_dir(dirs), tokenizer, examples, os.path.join(tmp, "trl")))
+        results = alternate(sides, args.repeats, args.warmup)
+    header = (f"{model_description(args, dirs, len(tokenizer))}{workload(args, data)}; median of {args.repeats} "
+              f"alternating runs (+{args.warmup} warm-up); {args.device}, {torch.get_num_threads()} thread(s)")
+    return report(benchmark, args, header, results, ratios(results, [(sides[0].name, s.name) for s in sides[1:]]),
+                  skipped)

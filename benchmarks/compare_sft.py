@@ -27,15 +27,13 @@ What still differs, by design of each library (the defaults a user gets):
 import argparse
 import os
 import sys
-import tempfile
 from typing import List, Optional
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from compare_common import (Side, Stopwatch, add_common_arguments, alternate, build_tokenizer,  # noqa: E402
-                            model_description, ratios, report, resolve_data, save_models, set_threads, sft_examples,
-                            version_of)
+from compare_common import (Side, Stopwatch, add_common_arguments, compare_with_trl,  # noqa: E402
+                            sft_examples, version_of)
 
 OURS = "minichatgpt SFTTrainer"
 LOG_INTERVAL = 10
@@ -95,31 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> dict:
-    args = build_parser().parse_args(argv)
-    set_threads(args.threads)
-    args.data = data = resolve_data(args.data)
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
-    tokenizer = build_tokenizer(data)
-    examples = sft_examples(tokenizer, data, args.seq_len, args.steps * args.batch_size)
-    sides, skipped = [], {}
-    with tempfile.TemporaryDirectory(prefix="compare_sft_") as tmp:
-        dirs = save_models(tokenizer, tmp, args.n_layer, args.n_embd, args.n_head, max(1024, args.seq_len),
-                           args.seed)
-        sides.append(minichatgpt_side(args, dirs.lm, examples, tokenizer.pad_token_id))
-        if args.no_peer:
-            skipped["trl SFTTrainer"] = "--no_peer"
-        elif version_of("trl") is None:
-            skipped["trl SFTTrainer"] = "trl is not installed (pip install trl)"
-        else:
-            sides.append(trl_side(args, dirs.lm, tokenizer, examples, os.path.join(tmp, "trl")))
-        results = alternate(sides, args.repeats, args.warmup)
-    header = (f"{model_description(args, dirs, len(tokenizer))}; {data} data; batch {args.batch_size} x "
-              f"{args.seq_len} tokens, {args.steps} steps; median of {args.repeats} alternating runs "
-              f"(+{args.warmup} warm-up); {args.device}, {torch.get_num_threads()} thread(s)")
-    return report("compare_sft", args, header, results, ratios(results, [(OURS, s.name) for s in sides[1:]]),
-                  skipped)
+    return compare_with_trl("compare_sft", build_parser().parse_args(argv), sft_examples, lambda dirs: dirs.lm,
+                            minichatgpt_side, trl_side, "trl SFTTrainer",
+                            lambda args, data: (f"; {data} data; batch {args.batch_size} x {args.seq_len} tokens, {args.steps} steps"))
 
 
 if __name__ == "__main__":

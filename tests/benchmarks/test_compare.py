@@ -86,8 +86,8 @@ def test_compare_ppo(tmp_path, capsys):
 
 
 def test_missing_peers_are_skipped_cleanly(tmp_path, capsys, monkeypatch):
-    compare_sft = load("compare_sft")
-    monkeypatch.setattr(compare_sft, "version_of", lambda package: None)
+    load("compare_sft")
+    monkeypatch.setattr(load("compare_common"), "version_of", lambda package: None)
     out, record = run("compare_sft", ["--seq_len", "12"], tmp_path, capsys)
     assert "skipped trl SFTTrainer: trl is not installed" in out
     check_ratios(out, record, 0)
