@@ -8,6 +8,8 @@ adapters off and the reward model shares the critic's frozen backbone, so neithe
 
 import argparse
 import os
+import shlex
+import sys
 from typing import List, Optional
 
 import torch
@@ -161,10 +163,34 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def main(argv: Optional[List[str]] = None) -> dict:
-    args = parse_with_demo_defaults(build_parser(), argv, DEMO_DEFAULTS, "prompt_path")
+    parser = build_parser()
+    args = parse_with_demo_defaults(parser, argv, DEMO_DEFAULTS, "prompt_path")
     if args.pretrain is None:
-        # The embedded default: train the built-in SFT and reward models first, as the pipeline does.
+        # No SFT model given: train the built-in SFT and reward models first, as the pipeline does, and run
+        # this stage with the flags given here.
         from .pipeline import main as pipeline_main
 
-        return pipeline_main(["--output_dir", args.save_path or "outputs/pipeline", "--seed", str(args.seed)])
+        pipeline_flags = {"--save_path": "--output_dir", "--seed": "--seed", "--strategy": "--strategy",
+                          "--prompt_path": "--prompt_dataset", "--lora_rank": "--lora_rank"}
+        mapped, rest = _split_flags(parser, sys.argv[1:] if argv is None else argv, pipeline_flags)
+        mapped.setdefault("--output_dir", "outputs/pipeline")
+        return pipeline_main([item for flag, value in mapped.items() for item in (flag, value)]
+                             + ["--ppo_args", shlex.join(rest)])
     return run(args)
+
+
+def _split_flags(parser: argparse.ArgumentParser, argv: List[str], renames: dict):
+    """``argv`` split into the flags named in ``renames`` ({renamed flag: value}) and all the others."""
+    mapped, rest, i = {}, [], 0
+    while i < len(argv):
+        flag, _, inline = argv[i].partition("=")
+        action = parser._option_string_actions.get(flag)
+        takes_value = action is not None and action.nargs != 0
+        value = inline if inline or not takes_value else (argv[i + 1] if i + 1 < len(argv) else "")
+        step = 2 if takes_value and not inline else 1
+        if action is not None and action.option_strings[0] in renames:
+            mapped[renames[action.option_strings[0]]] = value
+        else:
+            rest.extend(argv[i:i + step])
+        i += step
+    return mapped, rest

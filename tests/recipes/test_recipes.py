@@ -118,3 +118,15 @@ def test_example_scripts_run_with_no_arguments(script, tmp_path):
                             capture_output=True, text=True, env=dict(os.environ, PYTHONWARNINGS="ignore"))
     assert result.returncode == 0, result.stderr[-2000:]
     assert "eval_" in result.stdout
+
+
+def test_ppo_without_an_sft_model_runs_the_pipeline_with_the_given_flags(monkeypatch):
+    from minichatgpt.recipes import pipeline as pipeline_module
+
+    seen = []
+    monkeypatch.setattr(pipeline_module, "main", lambda argv: seen.append(argv) or {})
+    ppo.main(["--save_path", "out/x", "--num_episodes=3", "--greedy", "--strategy", "ddp", "--kl_coef", "0.2",
+              "--prompt_path", "prompts.jsonl"])
+    argv = seen[0]
+    assert argv[:8] == ["--output_dir", "out/x", "--strategy", "ddp", "--prompt_dataset", "prompts.jsonl",
+                        "--ppo_args", "--num_episodes=3 --greedy --kl_coef 0.2"]
