@@ -3,8 +3,8 @@ three-stage task (as ``minichatgpt pipeline``)."""
 
 import sys
 
-from minichatgpt.recipes.checks import run_command
-from minichatgpt.recipes.ppo import main
+from minichatgpt.cli import run_training_command
 
 if __name__ == "__main__":
-    sys.exit(run_command("train_prompts.py", main))  # a bad flag or data file: one message, exit code 2
+    # a bad flag or data file: one message, exit code 2
+    sys.exit(run_training_command("ppo", "train_prompts.py", sys.argv[1:]))

@@ -3,8 +3,8 @@ trains the built-in tiny reward model on the built-in pairs."""
 
 import sys
 
-from minichatgpt.recipes.checks import run_command
-from minichatgpt.recipes.rm import main
+from minichatgpt.cli import run_training_command
 
 if __name__ == "__main__":
-    sys.exit(run_command("train_reward_model.py", main))  # a bad flag or data file: one message, exit code 2
+    # a bad flag or data file: one message, exit code 2
+    sys.exit(run_training_command("rm", "train_reward_model.py", sys.argv[1:]))

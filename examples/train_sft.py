@@ -3,8 +3,8 @@ flags it fine-tunes the built-in tiny model on the built-in demonstrations."""
 
 import sys
 
-from minichatgpt.recipes.checks import run_command
-from minichatgpt.recipes.sft import main
+from minichatgpt.cli import run_training_command
 
 if __name__ == "__main__":
-    sys.exit(run_command("train_sft.py", main))  # a bad flag or data file: one message, exit code 2
+    # a bad flag or data file: one message, exit code 2
+    sys.exit(run_training_command("sft", "train_sft.py", sys.argv[1:]))

@@ -5,19 +5,32 @@ import sys
 from typing import List, Optional
 
 COMMANDS = {
-    "pipeline": ("minichatgpt.recipes.pipeline", "SFT -> reward model -> PPO -> evaluation, in one run"),
-    "sft": ("minichatgpt.recipes.sft", "stage 1: supervised fine-tuning (examples/train_sft.py)"),
-    "rm": ("minichatgpt.recipes.rm", "stage 2: reward-model training (examples/train_reward_model.py)"),
-    "ppo": ("minichatgpt.recipes.ppo", "stage 3: PPO(-ptx) on prompts (examples/train_prompts.py)"),
+    "pipeline": "SFT -> reward model -> PPO -> evaluation, in one run",
+    "sft": "stage 1: supervised fine-tuning (examples/train_sft.py)",
+    "rm": "stage 2: reward-model training (examples/train_reward_model.py)",
+    "ppo": "stage 3: PPO(-ptx) on prompts (examples/train_prompts.py)",
 }
 SERVING = {"chat": "multi-turn chat in the terminal", "serve": "OpenAI-compatible HTTP server with a web page"}
 
 
 def usage() -> str:
     lines = ["usage: minichatgpt COMMAND [options]   (minichatgpt COMMAND --help for its options)", "", "commands:"]
-    lines += [f"  {name:<10}{doc}" for name, (_, doc) in COMMANDS.items()]
+    lines += [f"  {name:<10}{doc}" for name, doc in COMMANDS.items()]
     lines += [f"  {name:<10}{doc}" for name, doc in SERVING.items()]
     return "\n".join(lines)
+
+
+def run_training_command(command: str, prog: str, argv: Optional[List[str]] = None) -> int:
+    """Run ``pipeline``/``sft``/``rm``/``ppo`` (also for the example scripts, whose ``prog`` is their file
+    name); a bad flag or data file (UsageError, DataError) is one message and exit code 2, as argparse's
+    own errors."""
+    from .log import setup_logging
+
+    setup_logging()  # before transformers imports the optional libraries it finds installed
+    from .recipes.checks import run_command
+    from .recipes.commands import COMMANDS as RECIPES
+
+    return run_command(prog, RECIPES[command], argv)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -27,12 +40,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 0
     command, rest = argv[0], argv[1:]
     if command in COMMANDS:
-        import importlib
-
-        from .recipes.checks import run_command
-
-        # A bad flag or data file (UsageError, DataError) is one message and exit code 2, as argparse's own errors.
-        return run_command(f"minichatgpt {command}", importlib.import_module(COMMANDS[command][0]).main, rest)
+        return run_training_command(command, f"minichatgpt {command}", rest)
     if command in SERVING:
         from .serving.cli import register
 

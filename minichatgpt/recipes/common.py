@@ -4,7 +4,7 @@ A recipe parses flags, builds models and data through the library, calls ``fit``
 math and no per-family branches live here.
 """
 
-import argparse
+import dataclasses
 import json
 import os
 from typing import Optional
@@ -15,11 +15,15 @@ from torch.utils.data import Dataset, Subset
 from .. import demo
 from ..nn import load_tokenizer
 from ..trainer import MetricsLogger
-from ..trainer.strategies import STRATEGY_NAMES, Strategy, build_strategy
+from ..config import UsageError, dump_yaml
+from ..trainer.strategies import Strategy, build_strategy
+from ..log import get_logger, setup_logging
 from ..trainer.strategies.utils import set_seed
-from .checks import UsageError, validate
+from .checks import validate
 
-MODEL_FAMILIES = ("auto", "gpt2", "opt", "bloom", "llama")
+logger = get_logger(__name__)
+
+CONFIG_FILE = "config.yaml"  # the resolved configuration each run writes into its output directory
 
 
 class Interrupted(SystemExit):
@@ -31,58 +35,17 @@ class Interrupted(SystemExit):
         self.stage, self.step = stage, step
 
 
-def add_common_arguments(parser: argparse.ArgumentParser) -> None:
-    """Flags of every stage (names kept from the original project's scripts)."""
-    parser.add_argument("--strategy", default="naive", choices=STRATEGY_NAMES,
-                        help="compute backend; distributed ones run under torchrun")
-    parser.add_argument("--model", default="auto", choices=MODEL_FAMILIES,
-                        help="model family; kept for compatibility, the architecture is read from the checkpoint")
-    parser.add_argument("--pretrain", default=None,
-                        help="hub name, save_pretrained directory or .gguf file; default: the built-in tiny model")
-    parser.add_argument("--tokenizer", default=None, help="tokenizer location if not the --pretrain one")
-    parser.add_argument("--save_path", default=None, help="output directory (Hugging Face format + tokenizer)")
-    parser.add_argument("--lora_rank", type=int, default=0, help="> 0 trains LoRA adapters of this rank only")
-    parser.add_argument("--lora_train_bias", default="none", choices=("none", "all", "lora_only"))
-    parser.add_argument("--grad_checkpoint", action="store_true", help="gradient checkpointing (less memory)")
-    parser.add_argument("--max_len", type=int, default=512, help="maximum tokens per training sequence")
-    parser.add_argument("--max_datasets_size", type=int, default=None, help="use at most this many records")
-    parser.add_argument("--log_interval", type=int, default=10, help="optimizer steps between logged metrics")
-    parser.add_argument("--metrics_path", default=None, help="JSONL metrics file (default: SAVE_PATH/metrics.jsonl)")
-    parser.add_argument("--tensorboard_dir", default=None, help="also log to TensorBoard (needs tensorboard)")
-    parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--save_interval", type=int, default=0,
-                        help="write a resumable checkpoint (SAVE_PATH/checkpoints) every N optimizer steps "
-                             "(SFT, RM) or PPO updates (PPO); SIGTERM/SIGINT also write one")
-    parser.add_argument("--save_total_limit", type=int, default=None, help="keep only the newest N checkpoints")
-    parser.add_argument("--resume", default=None, metavar="auto|DIR",
-                        help="continue from a checkpoint: 'auto' takes the newest valid one under "
-                             "SAVE_PATH/checkpoints (or starts afresh when there is none), DIR a checkpoint "
-                             "directory or a directory of them")
-    parser.add_argument("--max_nonfinite_steps", type=int, default=5,
-                        help="stop after this many updates in a row with a non-finite loss or gradient norm")
-
-
-def add_optim_arguments(parser: argparse.ArgumentParser, lr: float) -> None:
-    parser.add_argument("--batch_size", type=int, default=8, help="micro-batch size per process")
-    parser.add_argument("--accumulation_steps", "--accimulation_steps", dest="accumulation_steps", type=int,
-                        default=1, help="micro-batches per optimizer step (the old misspelling is accepted)")
-    parser.add_argument("--lr", type=float, default=lr, help="peak learning rate (AdamW)")
-    parser.add_argument("--weight_decay", type=float, default=0.0)
-    parser.add_argument("--warmup_ratio", type=float, default=0.03, help="linear warm-up share of all steps")
-    parser.add_argument("--max_grad_norm", type=float, default=1.0, help="gradient clipping (0 disables)")
-    parser.add_argument("--max_epochs", type=int, default=1)
-    parser.add_argument("--eval_ratio", type=float, default=0.05,
-                        help="share of the dataset held out for evaluation when --eval_dataset is not given")
-
-
-def setup(args: argparse.Namespace) -> Strategy:
-    """Check the flags (``checks.validate``), seed, build the strategy (process group included), and create
-    the output directory."""
+def setup(args, stage: str) -> Strategy:
+    """Check the config (``checks.validate``), seed, build the strategy (process group included), create
+    the output directory and write the resolved configuration into it (``config.yaml``)."""
+    setup_logging(args.log_level)
     validate(args)
     strategy = build_strategy(args.strategy)
     set_seed(args.seed)
     if args.save_path:
         check_writable(args.save_path)
+        if strategy.is_rank0():
+            dump_yaml(args, os.path.join(args.save_path, CONFIG_FILE), stage)
     return strategy
 
 
@@ -98,22 +61,39 @@ def check_writable(path: str) -> None:
         raise UsageError(f"--save_path {path!r} is not writable: {e}") from e
 
 
-def build_tokenizer(args: argparse.Namespace):
+def build_tokenizer(args):
     """The tokenizer of ``--tokenizer``/``--pretrain``, or the demo word tokenizer for the built-in model."""
     source = args.tokenizer or args.pretrain
     return load_tokenizer(source) if source else demo.build_word_tokenizer()
 
 
-def model_source(args: argparse.Namespace, tokenizer) -> dict:
+def model_source(args, tokenizer) -> dict:
     """Keyword arguments that locate the starting weights: ``pretrained=`` or the built-in tiny config."""
     if args.pretrain:
         return {"pretrained": args.pretrain}
     return {"config": demo.tiny_model_config(len(tokenizer))}
 
 
-def metrics_logger(args: argparse.Namespace, stage: str) -> Optional[MetricsLogger]:
+def metrics_logger(args, stage: str, strategy: Strategy) -> Optional[MetricsLogger]:
+    """JSONL metrics (``--metrics_path``, default SAVE_PATH/metrics.jsonl) and the ``--report_to`` trackers,
+    which only rank 0 starts."""
+    from ..trainer.trackers import build_trackers
+
     path = args.metrics_path or (os.path.join(args.save_path, "metrics.jsonl") if args.save_path else None)
-    return MetricsLogger(path, stage, args.tensorboard_dir) if path else None
+    trackers = build_trackers(args.report_to, stage, args.save_path, dataclasses.asdict(args),
+                              args.tensorboard_dir) if strategy.is_rank0() else []
+    return MetricsLogger(path, stage, trackers=trackers) if path or trackers else None
+
+
+def report_data(stage: str, what: str, dataset, source: str, train=None, held_out=None) -> None:
+    """Log how many records ``dataset`` read, dropped (and why) and uses (``train``/``held_out``: its split)."""
+    dropped = {"invalid (--skip_invalid_rows)": getattr(dataset, "num_invalid_skipped", 0),
+               "whose prompt alone fills --max_len": getattr(dataset, "num_truncated_away", 0)}
+    read = len(dataset) + sum(dropped.values())
+    dropped_text = ", ".join(f"{n} {why}" for why, n in dropped.items() if n) or "none"
+    split = f" ({len(train)} to train on, {len(held_out)} held out)" if held_out is not None else ""
+    logger.info(f"{stage} {what}: read {read} records from {source}; dropped {dropped_text}; using {len(dataset)}"
+                f"{split}")
 
 
 def split_eval(dataset: Dataset, eval_ratio: float, seed: int):
@@ -125,7 +105,7 @@ def split_eval(dataset: Dataset, eval_ratio: float, seed: int):
     return Subset(dataset, order[n_eval:]), Subset(dataset, order[:n_eval])
 
 
-def checkpointing(args: argparse.Namespace, strategy: Strategy, stage: str):
+def checkpointing(args, strategy: Strategy, stage: str):
     """The stage's ``CheckpointManager`` (None without ``--save_path``) and the checkpoint ``--resume``
     names (None to start afresh)."""
     from ..trainer.checkpoint import CheckpointManager, resolve_resume
@@ -134,7 +114,7 @@ def checkpointing(args: argparse.Namespace, strategy: Strategy, stage: str):
         if args.resume:
             raise UsageError("--resume needs --save_path (checkpoints live in SAVE_PATH/checkpoints)")
         return None, None
-    config = {k: v for k, v in vars(args).items() if isinstance(v, (str, int, float, bool, type(None)))}
+    config = {k: v for k, v in dataclasses.asdict(args).items() if isinstance(v, (str, int, float, bool, type(None)))}
     manager = CheckpointManager(os.path.join(args.save_path, "checkpoints"), strategy, args.save_total_limit,
                                 {"stage": stage, **config})
     try:
@@ -142,7 +122,7 @@ def checkpointing(args: argparse.Namespace, strategy: Strategy, stage: str):
     except (OSError, RuntimeError) as e:
         raise UsageError(str(e)) from e
     if args.resume == "auto" and resume is None:
-        strategy.print(f"--resume auto: no checkpoint under {manager.root} yet; starting from the beginning")
+        logger.info(f"--resume auto: no checkpoint under {manager.root} yet; starting from the beginning")
     return manager, resume
 
 
@@ -151,22 +131,12 @@ def write_json(path: str, obj) -> None:
         json.dump(obj, f, indent=2)
 
 
-def parse_with_demo_defaults(parser: argparse.ArgumentParser, argv, demo_defaults: dict,
-                             data_flag: str) -> argparse.Namespace:
-    """Parse ``argv``; when neither ``--pretrain`` nor the data flag is given (the built-in demo), the
-    demo's defaults replace the general ones for every flag not given explicitly."""
-    probe = parser.parse_args(argv)
-    if probe.pretrain is None and getattr(probe, data_flag) is None:
-        parser.set_defaults(**demo_defaults)
-    return parser.parse_args(argv)
-
-
-def run_supervised_stage(args: argparse.Namespace, stage: str, model_cls, dataset_cls, collator_cls, trainer_cls,
+def run_supervised_stage(args, stage: str, model_cls, dataset_cls, collator_cls, trainer_cls,
                          demo_records, **trainer_kwargs) -> dict:
     """SFT and reward-model recipes: build model and data, prepare, ``fit``, save; returns final metrics."""
     from ..trainer.utils import save_pretrained, warmup_cosine_schedule
 
-    strategy = setup(args)
+    strategy = setup(args, stage)
     tokenizer = build_tokenizer(args)
     with strategy.model_init_context():
         model = model_cls(**model_source(args, tokenizer), checkpoint=args.grad_checkpoint, lora_rank=args.lora_rank,
@@ -177,6 +147,10 @@ def run_supervised_stage(args: argparse.Namespace, stage: str, model_cls, datase
         train_set, eval_set = dataset, dataset_cls(args.eval_dataset, tokenizer, max_len=args.max_len)
     else:
         train_set, eval_set = split_eval(dataset, args.eval_ratio, args.seed)
+    report_data(stage, "data", dataset, args.dataset or "the built-in task", train_set,
+                None if args.eval_dataset else eval_set)
+    if args.eval_dataset:
+        report_data(stage, "held-out data", eval_set, args.eval_dataset)
     collate = collator_cls(tokenizer.pad_token_id)
     train_loader = strategy.setup_dataloader(train_set, args.batch_size, shuffle=True, collate_fn=collate,
                                              seed=args.seed)
@@ -188,17 +162,17 @@ def run_supervised_stage(args: argparse.Namespace, stage: str, model_cls, datase
     model, optim = strategy.prepare((model, optim))
     total_steps = -(-len(train_loader) // args.accumulation_steps) * args.max_epochs
     scheduler = warmup_cosine_schedule(optim, total_steps, int(args.warmup_ratio * total_steps))
-    logger = metrics_logger(args, stage)
+    logged = metrics_logger(args, stage, strategy)
     checkpoint, resume = checkpointing(args, strategy, stage)
     trainer = trainer_cls(model, strategy, optim, scheduler, max_epochs=args.max_epochs,
                           accumulation_steps=args.accumulation_steps, max_grad_norm=args.max_grad_norm,
                           log_interval=args.log_interval, save_interval=args.save_interval, checkpoint=checkpoint,
-                          max_nonfinite_steps=args.max_nonfinite_steps, callbacks=[logger] if logger else [],
+                          max_nonfinite_steps=args.max_nonfinite_steps, callbacks=[logged] if logged else [],
                           **trainer_kwargs)
     metrics = trainer.fit(train_loader, eval_loader, resume_from=resume)
     if trainer.interrupted:
         raise Interrupted(stage, trainer.step, trainer.interrupted)
     if args.save_path:
         save_pretrained(strategy, model, args.save_path, tokenizer)
-    strategy.print(f"{stage}: " + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
+    logger.info(f"{stage}: " + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
     return metrics

@@ -7,60 +7,30 @@ summary table. With no arguments it runs the built-in task (see ``minichatgpt.de
 hidden ground-truth rule measures whether RLHF improved the policy.
 """
 
-import argparse
 import json
 import os
-import shlex
 import time
-from typing import Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
 import torch
 
 from .. import demo
 from ..data import PreferenceCollator, PreferenceDataset
 from ..nn import Actor, RewardModel, load_tokenizer
+from ..config import resolve
+from ..log import get_logger, setup_logging
 from ..trainer.rm import evaluate_pairs
-from ..trainer.strategies import STRATEGY_NAMES
 from . import ppo, rm, sft
+from .arguments import PipelineParser, pipeline_preset, write_pipeline_config
 from .checks import validate_pipeline
-from .common import write_json
+from .common import CONFIG_FILE, write_json
+from .configs import PPO_DEMO, RM_DEMO, STAGES, PipelineConfig
 from .evaluate import evaluate_policy
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--output_dir", default="outputs/pipeline")
-    parser.add_argument("--pretrain", default=None, help="starting model (default: the built-in tiny model)")
-    parser.add_argument("--sft_dataset", default=None)
-    parser.add_argument("--rm_dataset", default=None)
-    parser.add_argument("--prompt_dataset", default=None)
-    parser.add_argument("--strategy", default="naive", choices=STRATEGY_NAMES)
-    parser.add_argument("--lora_rank", type=int, default=0)
-    parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--eval_prompts", type=int, default=256, help="held-out prompts for the final evaluation")
-    parser.add_argument("--skip_invalid_rows", action="store_true",
-                        help="every stage leaves out invalid data rows (counted and reported) instead of stopping")
-    parser.add_argument("--save_interval", type=int, default=0,
-                        help="every stage writes a resumable checkpoint every N steps (see each stage's --help)")
-    parser.add_argument("--save_total_limit", type=int, default=None, help="keep the newest N checkpoints per stage")
-    parser.add_argument("--resume", action="store_true",
-                        help="continue an interrupted pipeline in OUTPUT_DIR: finished stages are skipped and the "
-                             "interrupted one resumes from its newest checkpoint")
-    parser.add_argument("--sft_args", default="", help="extra flags for the SFT stage, e.g. \"--max_epochs 2\"")
-    parser.add_argument("--rm_args", default="", help="extra flags for the reward-model stage")
-    parser.add_argument("--ppo_args", default="", help="extra flags for the PPO stage")
-    return parser
-
-
-def _flags(options: dict) -> List[str]:
-    return [item for key, value in options.items() for item in (f"--{key}", str(value))]
-
-
-def _stage_argv(args, stage_defaults: dict, demo_mode: bool, extra: str, **options) -> List[str]:
-    options = {k: v for k, v in options.items() if v is not None}
-    defaults = _flags(stage_defaults) if demo_mode else []
-    skip = ["--skip_invalid_rows"] if getattr(args, "skip_invalid_rows", False) else []
-    return defaults + _flags(options) + skip + shlex.split(extra)
+def build_parser() -> PipelineParser:
+    """``parse_args`` of this parser returns a :class:`PipelineConfig` with every stage's section filled."""
+    return PipelineParser()
 
 
 def _plot(metrics_path: str, png_path: str) -> None:
@@ -86,7 +56,7 @@ def _plot(metrics_path: str, png_path: str) -> None:
     plt.close(fig)
 
 
-def evaluate(args, out: str) -> dict:
+def evaluate(args: PipelineConfig, out: str) -> dict:
     """SFT vs PPO policy on held-out prompts, and the reward model on held-out pairs."""
     demo_mode = args.pretrain is None and args.prompt_dataset is None
     tokenizer = load_tokenizer(os.path.join(out, "sft"))
@@ -103,11 +73,11 @@ def evaluate(args, out: str) -> dict:
                                 skip_invalid=args.skip_invalid_rows)
         prompts, pairs = dataset.messages, args.rm_dataset
     common = dict(reference=sft_model, reward_model=reward_model, score_fn=demo.ground_truth_score if demo_mode else None,
-                  seed=args.seed, max_new_tokens=ppo.DEMO_DEFAULTS["max_new_tokens"] if demo_mode else 64)
+                  seed=args.seed, max_new_tokens=PPO_DEMO["max_new_tokens"] if demo_mode else 64)
     result = {"sft": evaluate_policy(sft_model, tokenizer, prompts, **common),
               "ppo": evaluate_policy(ppo_model, tokenizer, prompts, **common)}
     if pairs is not None:
-        max_len = rm.DEMO_DEFAULTS["max_len"] if demo_mode else 512
+        max_len = RM_DEMO["max_len"] if demo_mode else 512
         pair_set = PreferenceDataset(pairs, tokenizer, max_len=max_len, max_datasets_size=512,
                                      skip_invalid=args.skip_invalid_rows)
         loader = torch.utils.data.DataLoader(pair_set, batch_size=64,
@@ -131,64 +101,63 @@ def format_summary(summary: dict) -> str:
     return "\n".join(lines)
 
 
-STAGES = ("sft", "rm", "ppo")
 STAGE_DONE = "stage_result.json"  # written into a stage's directory once the stage has finished
+logger = get_logger(__name__)
+RUNNERS = {"sft": lambda config: {"metrics": sft.run(config)}, "rm": lambda config: {"metrics": rm.run(config)},
+           "ppo": ppo.run}
 
 
-def stage_argvs(args: argparse.Namespace) -> Dict[str, List[str]]:
-    """Each stage's command line, as the pipeline runs it (also what ``checks`` validates up front)."""
+def from_values(given: Dict[str, Any]) -> PipelineConfig:
+    """The pipeline's config from given values (top-level fields, ``stage.field`` keys for sections), as
+    ``minichatgpt ppo`` without an SFT model builds it."""
+    config = resolve(PipelineConfig, given, pipeline_preset)
+    object.__setattr__(config, "_section_values", {k: v for k, v in given.items() if "." in k})
+    return config
+
+
+def run_stages(args: PipelineConfig) -> Dict[str, Any]:
+    """Each stage in turn, from its section; a finished stage is skipped with ``--resume``."""
     out = args.output_dir
-    base = dict(strategy=args.strategy, seed=args.seed, metrics_path=os.path.join(out, "metrics.jsonl"),
-                save_interval=args.save_interval or None, save_total_limit=args.save_total_limit)
-    stages = {
-        "sft": (sft, args.sft_dataset, dict(pretrain=args.pretrain, dataset=args.sft_dataset,
-                                            lora_rank=args.lora_rank or None)),
-        "rm": (rm, args.rm_dataset, dict(pretrain=os.path.join(out, "sft"), dataset=args.rm_dataset)),
-        "ppo": (ppo, args.prompt_dataset, dict(pretrain=os.path.join(out, "sft"), rm_pretrain=os.path.join(out, "rm"),
-                                               prompt_path=args.prompt_dataset, lora_rank=args.lora_rank or None)),
-    }
-    return {stage: _stage_argv(args, module.DEMO_DEFAULTS, args.pretrain is None and data is None,
-                               getattr(args, f"{stage}_args"), save_path=os.path.join(out, stage), **options, **base)
-            for stage, (module, data, options) in stages.items()}
-
-
-def _run_stage(stage: str, argv: List[str]) -> dict:
-    if stage == "ppo":
-        return ppo.run(ppo.build_parser().parse_args(argv))
-    return {"metrics": {"sft": sft, "rm": rm}[stage].main(argv)}
-
-
-def main(argv: Optional[List[str]] = None) -> dict:
-    args = build_parser().parse_args(argv)
-    validate_pipeline(args)  # every stage's flags, before SFT starts
-    out = args.output_dir
-    os.makedirs(out, exist_ok=True)
     rank0 = int(os.environ.get("RANK", "0")) == 0
-    metrics_path = os.path.join(out, "metrics.jsonl")
-    if rank0 and os.path.exists(metrics_path) and not args.resume:
-        os.remove(metrics_path)  # a rerun into the same directory starts a fresh log (only rank 0 writes it)
     wall, results, performance = {}, {}, {}
-    for stage, stage_argv in stage_argvs(args).items():
+    for stage in STAGES:
         marker = os.path.join(out, stage, STAGE_DONE)
         if args.resume and os.path.isfile(marker):
             with open(marker) as f:
                 done = json.load(f)
-            if rank0:
-                print(f"{stage}: finished earlier ({os.path.join(out, stage)}); skipped")
+            logger.info(f"{stage}: finished earlier ({os.path.join(out, stage)}); skipped")
         else:
             start = time.perf_counter()
-            done = _run_stage(stage, stage_argv + (["--resume", "auto"] if args.resume else []))
+            done = RUNNERS[stage](getattr(args, stage))
             done["wall_time_s"] = time.perf_counter() - start
             if rank0:
                 write_json(marker, done)
         results[stage], wall[stage] = done["metrics"], done["wall_time_s"]
         performance = done.get("performance", performance)
+    return {"stages": results, "wall_time_s": wall, "performance": performance}
 
-    summary = {"stages": results, "wall_time_s": wall, "performance": performance}
+
+def run(args: PipelineConfig) -> dict:
+    """Check every stage's section, run the stages, evaluate, write the summary and the plot."""
+    setup_logging(args.log_level)
+    validate_pipeline(args)  # every stage's flags, before SFT starts
+    out = args.output_dir
+    os.makedirs(out, exist_ok=True)
+    rank0 = int(os.environ.get("RANK", "0")) == 0
+    metrics_path = os.path.join(out, "metrics.jsonl")
+    if rank0:
+        if os.path.exists(metrics_path) and not args.resume:
+            os.remove(metrics_path)  # a rerun into the same directory starts a fresh log (only rank 0 writes it)
+        write_pipeline_config(args, os.path.join(out, CONFIG_FILE))
+    summary = run_stages(args)
     if not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0:
         summary["evaluation"] = evaluate(args, out)
         write_json(os.path.join(out, "summary.json"), summary)
         _plot(metrics_path, os.path.join(out, "ppo.png"))
-        print(format_summary(summary))
-        print(f"models, metrics.jsonl, summary.json and ppo.png are in {out}")
+        logger.info(format_summary(summary))
+        logger.info(f"models, metrics.jsonl, summary.json, config.yaml and ppo.png are in {out}")
     return summary
+
+
+def main(argv: Optional[List[str]] = None) -> dict:
+    return run(build_parser().parse_args(argv))

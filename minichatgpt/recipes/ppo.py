@@ -6,10 +6,7 @@ The actor starts from ``--pretrain`` (the SFT model), the critic and reward mode
 adapters off and the reward model shares the critic's frozen backbone, so neither needs a copy.
 """
 
-import argparse
 import os
-import shlex
-import sys
 from typing import List, Optional
 
 import torch
@@ -18,63 +15,21 @@ from .. import demo
 from ..data import PretrainDataset, PromptCollator, PromptDataset, SFTCollator
 from ..nn import Actor, Critic, RewardModel, is_lora
 from ..trainer import PerformanceEvaluator, PPOTrainer
+from ..config import ConfigParser, UsageError
 from ..trainer.utils import save_pretrained
-from .common import (Interrupted, add_common_arguments, build_tokenizer, checkpointing, metrics_logger,
-                     parse_with_demo_defaults, setup)
+from .arguments import stage_parser
+from .common import Interrupted, build_tokenizer, checkpointing, metrics_logger, report_data, setup
+from .configs import PPOConfig
 
-DEMO_DEFAULTS = dict(num_episodes=12, max_timesteps=4, update_timesteps=4, experience_batch_size=32,
-                     train_batch_size=32, max_epochs=2, max_new_tokens=14, max_input_len=32, actor_lr=5e-5,
-                     critic_lr=5e-4, kl_coef=0.05, log_interval=1)
 DEMO_PROMPTS = 512
 
 
-def build_parser(parser: Optional[argparse.ArgumentParser] = None) -> argparse.ArgumentParser:
-    parser = parser or argparse.ArgumentParser(description=__doc__)
-    add_common_arguments(parser)
-    parser.add_argument("--prompt_path", default=None,
-                        help="prompts (instruction/prompt/messages fields, or hh-rlhf dialogues); default: built-in")
-    parser.add_argument("--pretrain_dataset", default=None, help="PPO-ptx data ({'text'} records or SFT formats)")
-    parser.add_argument("--skip_invalid_rows", action="store_true",
-                        help="leave out invalid data rows (counted and reported) instead of stopping at the first")
-    parser.add_argument("--rm_pretrain", default=None, help="reward model / critic start (default: --pretrain)")
-    parser.add_argument("--rm_model", default="auto", help="reward model family; kept for compatibility")
-    parser.add_argument("--rm_path", default=None, help="reward-model state dict (.pt/.safetensors) to load")
-    parser.add_argument("--no_shared_reference", action="store_true",
-                        help="with LoRA, keep a separate reference model and reward model anyway")
-    parser.add_argument("--num_episodes", type=int, default=10)
-    parser.add_argument("--max_timesteps", type=int, default=10, help="prompt batches per episode")
-    parser.add_argument("--update_timesteps", type=int, default=10, help="prompt batches between PPO updates")
-    parser.add_argument("--max_epochs", type=int, default=5, help="passes over the replay buffer per update")
-    parser.add_argument("--train_batch_size", type=int, default=8)
-    parser.add_argument("--experience_batch_size", type=int, default=8, help="prompts per rollout batch")
-    parser.add_argument("--ptx_batch_size", type=int, default=1)
-    parser.add_argument("--ptx_coef", type=float, default=0.9, help="loss = (1 - c) * policy + c * ptx")
-    parser.add_argument("--kl_coef", type=float, default=0.1)
-    parser.add_argument("--target_kl", type=float, default=None, help="adaptive KL controller target (per sequence)")
-    parser.add_argument("--kl_horizon", type=int, default=10000)
-    parser.add_argument("--kl_estimator", default="k1", choices=("k1", "k3"))
-    parser.add_argument("--gamma", type=float, default=1.0)
-    parser.add_argument("--lam", type=float, default=0.95)
-    parser.add_argument("--eps_clip", type=float, default=0.2)
-    parser.add_argument("--value_clip", type=float, default=0.4)
-    parser.add_argument("--score_clip", type=float, default=None)
-    parser.add_argument("--normalize_scores", action="store_true", help="running standardization of RM scores")
-    parser.add_argument("--actor_lr", type=float, default=1e-6)
-    parser.add_argument("--critic_lr", type=float, default=1e-5)
-    parser.add_argument("--max_grad_norm", type=float, default=1.0)
-    parser.add_argument("--max_input_len", type=int, default=96, help="prompt tokens kept (left-truncated)")
-    parser.add_argument("--max_new_tokens", type=int, default=64)
-    parser.add_argument("--temperature", type=float, default=1.0)
-    parser.add_argument("--top_k", type=int, default=0)
-    parser.add_argument("--top_p", type=float, default=1.0)
-    parser.add_argument("--greedy", action="store_true", help="greedy rollouts instead of sampling")
-    parser.add_argument("--buffer_limit", type=int, default=0)
-    parser.add_argument("--sample_replay_buffer", action="store_true")
-    parser.epilog = f"With neither --pretrain nor --prompt_path the built-in demo runs, with defaults {DEMO_DEFAULTS}."
-    return parser
+def build_parser() -> ConfigParser:
+    """``parse_args`` of this parser returns a :class:`PPOConfig`."""
+    return stage_parser("ppo")
 
 
-def build_models(args: argparse.Namespace):
+def build_models(args: PPOConfig):
     """Actor, critic, reward model and reference model (None when shared with the actor via LoRA).
 
     Every model is loaded from its directory rather than copied, so this works inside ZeRO-3's
@@ -111,21 +66,23 @@ def load_rm_checkpoint(strategy, critic, reward_model, path: str) -> None:
     strategy.load_model(critic, path)
 
 
-def run(args: argparse.Namespace) -> dict:
+def run(args: PPOConfig) -> dict:
     """Train the policy; returns the last PPO metrics and the performance summary."""
-    strategy = setup(args)
+    strategy = setup(args, "ppo")
     tokenizer = build_tokenizer(args)
     with strategy.model_init_context():
         actor, critic, reward_model, reference = build_models(args)
     prompts = PromptDataset(args.prompt_path or demo.prompt_records(DEMO_PROMPTS, seed=args.seed + 2), tokenizer,
                             max_len=args.max_input_len, max_datasets_size=args.max_datasets_size,
                             skip_invalid=args.skip_invalid_rows)
+    report_data("ppo", "prompts", prompts, args.prompt_path or "the built-in task")
     prompt_loader = strategy.setup_dataloader(prompts, args.experience_batch_size, shuffle=True,
                                               collate_fn=PromptCollator(tokenizer.pad_token_id), seed=args.seed)
     pretrain_loader = None
     if args.pretrain_dataset:
         ptx = PretrainDataset(args.pretrain_dataset, tokenizer, max_len=args.max_len,
                               max_datasets_size=args.max_datasets_size, skip_invalid=args.skip_invalid_rows)
+        report_data("ppo", "pretraining (ptx) data", ptx, args.pretrain_dataset)
         pretrain_loader = strategy.setup_dataloader(ptx, args.ptx_batch_size, shuffle=True,
                                                     collate_fn=SFTCollator(tokenizer.pad_token_id), seed=args.seed)
 
@@ -137,14 +94,14 @@ def run(args: argparse.Namespace) -> dict:
         load_rm_checkpoint(strategy, critic, reward_model, args.rm_path)
 
     performance = PerformanceEvaluator()
-    logger = metrics_logger(args, "ppo")
+    logged = metrics_logger(args, "ppo", strategy)
     checkpoint, resume = checkpointing(args, strategy, "ppo")
     trainer = PPOTrainer(strategy, actor, critic, reward_model, reference, actor_optim, critic_optim,
                          kl_coef=args.kl_coef, ptx_coef=args.ptx_coef, train_batch_size=args.train_batch_size,
-                         buffer_limit=args.buffer_limit, eps_clip=args.eps_clip, value_clip=args.value_clip,
+                         buffer_limit=args.buffer_limit, eps_clip=args.clip_eps, value_clip=args.value_clip_eps,
                          experience_batch_size=args.experience_batch_size, max_epochs=args.max_epochs,
                          tokenizer=tokenizer, sample_replay_buffer=args.sample_replay_buffer,
-                         callbacks=[performance] + ([logger] if logger else []), gamma=args.gamma, lam=args.lam,
+                         callbacks=[performance] + ([logged] if logged else []), gamma=args.gamma, lam=args.lam,
                          kl_estimator=args.kl_estimator, score_clip=args.score_clip,
                          normalize_scores=args.normalize_scores, target_kl=args.target_kl,
                          kl_horizon=args.kl_horizon, max_grad_norm=args.max_grad_norm, checkpoint=checkpoint,
@@ -163,34 +120,10 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def main(argv: Optional[List[str]] = None) -> dict:
-    parser = build_parser()
-    args = parse_with_demo_defaults(parser, argv, DEMO_DEFAULTS, "prompt_path")
-    if args.pretrain is None:
-        # No SFT model given: train the built-in SFT and reward models first, as the pipeline does, and run
-        # this stage with the flags given here.
-        from .pipeline import main as pipeline_main
-
-        pipeline_flags = {"--save_path": "--output_dir", "--seed": "--seed", "--strategy": "--strategy",
-                          "--prompt_path": "--prompt_dataset", "--lora_rank": "--lora_rank"}
-        mapped, rest = _split_flags(parser, sys.argv[1:] if argv is None else argv, pipeline_flags)
-        mapped.setdefault("--output_dir", "outputs/pipeline")
-        return pipeline_main([item for flag, value in mapped.items() for item in (flag, value)]
-                             + ["--ppo_args", shlex.join(rest)])
-    return run(args)
-
-
-def _split_flags(parser: argparse.ArgumentParser, argv: List[str], renames: dict):
-    """``argv`` split into the flags named in ``renames`` ({renamed flag: value}) and all the others."""
-    mapped, rest, i = {}, [], 0
-    while i < len(argv):
-        flag, _, inline = argv[i].partition("=")
-        action = parser._option_string_actions.get(flag)
-        takes_value = action is not None and action.nargs != 0
-        value = inline if inline or not takes_value else (argv[i + 1] if i + 1 < len(argv) else "")
-        step = 2 if takes_value and not inline else 1
-        if action is not None and action.option_strings[0] in renames:
-            mapped[renames[action.option_strings[0]]] = value
-        else:
-            rest.extend(argv[i:i + step])
-        i += step
-    return mapped, rest
+    """PPO from an SFT model (``--pretrain``). Without one, ``minichatgpt ppo`` trains the built-in SFT and
+    reward models first (``recipes.commands.ppo``)."""
+    config = build_parser().parse_args(argv)
+    if config.pretrain is None:
+        raise UsageError("--pretrain (the SFT model) is required; `minichatgpt ppo` without it, or `minichatgpt "
+                         "pipeline`, trains the SFT and reward models first")
+    return run(config)

@@ -1,4 +1,4 @@
-"""Trainer callbacks: metric logging, performance measurement, periodic checkpoints.
+"""Trainer callbacks: metric logging (JSONL and experiment trackers) and performance measurement.
 
 Trainers call the hooks below; a callback overrides only those it needs. Hooks run on every rank;
 the callbacks that write files do so on rank 0 only.
@@ -8,9 +8,13 @@ import json
 import os
 import time
 from collections import defaultdict
-from typing import Dict, Optional
+from typing import Any, Dict, Optional, Sequence
 
 import torch
+
+from ..log import get_logger
+
+logger = get_logger(__name__)
 
 
 def _is_rank0() -> bool:
@@ -39,40 +43,46 @@ class Callback:
 
 
 class MetricsLogger(Callback):
-    """Appends ``{"stage", "step", **metrics}`` lines to a JSONL file, and to TensorBoard when installed.
+    """Appends ``{"stage", "step", **metrics}`` lines to a JSONL file and forwards the metrics, as
+    ``<stage>/<name>``, to experiment trackers (``minichatgpt.trainer.trackers``).
 
     Args:
-        path: JSONL file (appended to, so the stages of a pipeline share one file).
+        path: JSONL file (appended to, so the stages of a pipeline share one file); None for none.
         stage: name written on every line (``sft``, ``rm``, ``ppo``).
-        tensorboard_dir: event directory; ignored with a note when ``tensorboard`` is not installed.
+        tensorboard_dir: also write TensorBoard events there (skipped with a warning when
+            ``tensorboard`` is not installed).
+        trackers: objects with ``log(metrics, step)`` and ``finish()``, e.g. from ``build_trackers``.
     """
 
-    def __init__(self, path: str, stage: str, tensorboard_dir: Optional[str] = None):
-        self.path, self.stage, self.writer = path, stage, None
+    def __init__(self, path: Optional[str], stage: str, tensorboard_dir: Optional[str] = None,
+                 trackers: Sequence[Any] = ()):
+        self.path, self.stage, self.trackers = path, stage, list(trackers)
         if not _is_rank0():
+            self.trackers = []
             return
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        if path:
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         if tensorboard_dir:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
+            from .trackers import TensorBoardTracker
 
-                self.writer = SummaryWriter(tensorboard_dir)
-            except ImportError:
-                print("tensorboard is not installed (pip install minichatgpt[tensorboard]); logging to JSONL only")
+            try:
+                self.trackers.append(TensorBoardTracker(tensorboard_dir))
+            except ImportError as err:
+                logger.warning("%s; logging to JSONL only", err)
 
     def on_log(self, step: int, metrics: Dict[str, float]) -> None:
         if not _is_rank0():
             return
-        with open(self.path, "a") as f:
-            f.write(json.dumps({"stage": self.stage, "step": step, **metrics}) + "\n")
-        if self.writer is not None:
-            for name, value in metrics.items():
-                self.writer.add_scalar(f"{self.stage}/{name}", value, step)
+        if self.path:
+            with open(self.path, "a") as f:
+                f.write(json.dumps({"stage": self.stage, "step": step, **metrics}) + "\n")
+        for tracker in self.trackers:
+            tracker.log({f"{self.stage}/{name}": value for name, value in metrics.items()}, step)
 
     def on_resume(self, step: int) -> None:
         """Drop this stage's lines logged after ``step`` by the interrupted run: the resumed run logs
         those steps again (other stages' lines are kept)."""
-        if not _is_rank0() or not os.path.isfile(self.path):
+        if not _is_rank0() or not self.path or not os.path.isfile(self.path):
             return
         with open(self.path) as f:
             lines = f.readlines()
@@ -84,8 +94,8 @@ class MetricsLogger(Callback):
             os.replace(tmp, self.path)
 
     def on_fit_end(self, trainer) -> None:
-        if self.writer is not None:
-            self.writer.flush()
+        for tracker in self.trackers:
+            tracker.finish()
 
 
 def _logged_after(line: str, stage: str, step: int) -> bool:
@@ -148,29 +158,4 @@ class PerformanceEvaluator(Callback):
 
     def on_fit_end(self, trainer) -> None:
         if _is_rank0():
-            print(self.format_table())
-
-
-class SaveCheckpoint(Callback):
-    """Every ``interval`` episodes: actor and critic weights (and optimizers) through the strategy.
-
-    Files: ``{path}/episode_{k}/{actor,critic}.pt`` and ``{actor,critic}_optim[.rankN].pt``.
-    """
-
-    def __init__(self, path: str, interval: int = 1, save_optimizer: bool = True):
-        self.path, self.interval, self.save_optimizer = path, interval, save_optimizer
-        self.trainer = None
-
-    def on_fit_start(self, trainer) -> None:
-        self.trainer = trainer
-
-    def on_episode_end(self, episode: int) -> None:
-        if (episode + 1) % self.interval:
-            return
-        t, directory = self.trainer, os.path.join(self.path, f"episode_{episode + 1}")
-        for name, model, optim in (("actor", t.actor, t.actor_optim), ("critic", t.critic, t.critic_optim)):
-            t.strategy.save_model(model, os.path.join(directory, f"{name}.pt"), only_rank0=True)
-            if self.save_optimizer:
-                t.strategy.save_optimizer(optim, os.path.join(directory, f"{name}_optim.pt"),
-                                          only_rank0=not t.strategy.shards_optimizer)
-        t.strategy.barrier()
+            logger.info(self.format_table())

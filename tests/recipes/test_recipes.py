@@ -13,6 +13,7 @@ from minichatgpt import demo
 from minichatgpt.data import DataError
 from minichatgpt.recipes import pipeline, ppo, rm, sft
 from minichatgpt.recipes.checks import UsageError
+from minichatgpt.recipes.configs import SFT_DEMO, PPOConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 REDUCED = ["--eval_prompts", "32",
@@ -121,12 +122,17 @@ def test_example_scripts_run_with_no_arguments(script, tmp_path):
 
 
 def test_ppo_without_an_sft_model_runs_the_pipeline_with_the_given_flags(monkeypatch):
-    from minichatgpt.recipes import pipeline as pipeline_module
+    from minichatgpt.recipes import commands, pipeline as pipeline_module
 
     seen = []
-    monkeypatch.setattr(pipeline_module, "main", lambda argv: seen.append(argv) or {})
-    ppo.main(["--save_path", "out/x", "--num_episodes=3", "--greedy", "--strategy", "ddp", "--kl_coef", "0.2",
-              "--prompt_path", "prompts.jsonl"])
-    argv = seen[0]
-    assert argv[:8] == ["--output_dir", "out/x", "--strategy", "ddp", "--prompt_dataset", "prompts.jsonl",
-                        "--ppo_args", "--num_episodes=3 --greedy --kl_coef 0.2"]
+    monkeypatch.setattr(pipeline_module, "run", lambda config: seen.append(config) or {})
+    commands.ppo(["--save_path", "out/x", "--num_episodes=3", "--greedy", "--strategy", "ddp", "--kl_coef", "0.2",
+                  "--prompt_path", "prompts.jsonl"])
+    config = seen[0]
+    assert (config.output_dir, config.strategy, config.prompt_dataset) == ("out/x", "ddp", "prompts.jsonl")
+    ppo_stage = config.ppo
+    assert (ppo_stage.num_episodes, ppo_stage.greedy, ppo_stage.kl_coef) == (3, True, 0.2)
+    assert (ppo_stage.strategy, ppo_stage.prompt_path, ppo_stage.save_path) == ("ddp", "prompts.jsonl", "out/x/ppo")
+    # the SFT stage has neither a model nor data: the built-in task's sizes; PPO has its prompts: the defaults
+    assert (config.sft.batch_size, ppo_stage.max_timesteps) == (SFT_DEMO["batch_size"], PPOConfig.max_timesteps)
+    assert (config.sft.pretrain, config.rm.pretrain, ppo_stage.rm_pretrain) == (None, "out/x/sft", "out/x/rm")
