@@ -154,7 +154,7 @@ def validate_pipeline(config: PipelineConfig) -> None:
             check_data(section)
         except UsageError as err:
             extra = getattr(config, f"{stage}_args")
-            source = f"--{stage}_args {extra!r}" if extra else f"its section of the configuration"
+            source = f"--{stage}_args {extra!r}" if extra else "its section of the configuration"
             raise UsageError(f"the {stage} stage ({source}): {err}") from err
 
 
