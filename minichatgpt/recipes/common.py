@@ -134,7 +134,9 @@ def write_json(path: str, obj) -> None:
 def run_supervised_stage(args, stage: str, model_cls, dataset_cls, collator_cls, trainer_cls,
                          demo_records, **trainer_kwargs) -> dict:
     """SFT and reward-model recipes: build model and data, prepare, ``fit``, save; returns final metrics."""
-    from ..trainer.utils import save_pretrained, warmup_cosine_schedule
+    from transformers import get_scheduler
+
+    from ..trainer.utils import save_pretrained
 
     strategy = setup(args, stage)
     tokenizer = build_tokenizer(args)
@@ -161,7 +163,8 @@ def run_supervised_stage(args, stage: str, model_cls, dataset_cls, collator_cls,
                               weight_decay=args.weight_decay)
     model, optim = strategy.prepare((model, optim))
     total_steps = -(-len(train_loader) // args.accumulation_steps) * args.max_epochs
-    scheduler = warmup_cosine_schedule(optim, total_steps, int(args.warmup_ratio * total_steps))
+    scheduler = get_scheduler(args.lr_scheduler, optim, num_warmup_steps=int(args.warmup_ratio * total_steps),
+                              num_training_steps=total_steps)
     logged = metrics_logger(args, stage, strategy)
     checkpoint, resume = checkpointing(args, strategy, stage)
     trainer = trainer_cls(model, strategy, optim, scheduler, max_epochs=args.max_epochs,

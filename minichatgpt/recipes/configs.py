@@ -75,6 +75,8 @@ class SupervisedConfig(RunConfig):
     lr: float = option(2e-5, "peak learning rate (AdamW)", rule=POSITIVE)
     weight_decay: float = option(0.0, "AdamW weight decay", rule=NON_NEGATIVE)
     warmup_ratio: float = option(0.03, "linear warm-up share of all steps", rule=UNIT)
+    lr_scheduler: str = option("cosine", "learning-rate schedule after the warm-up (transformers.get_scheduler)",
+                               choices=("cosine", "linear", "constant_with_warmup"))
     max_grad_norm: float = option(1.0, "gradient clipping (0 disables)", rule=NON_NEGATIVE)
     max_epochs: int = option(1, "passes over the training data", rule=POSITIVE_INT)
     eval_ratio: float = option(0.05, "share of the dataset held out for evaluation when --eval_dataset is not given",

@@ -1,28 +1,11 @@
-"""Small pieces shared by the trainers: schedules, persistent iterators, device moves, saving."""
+"""Small pieces shared by the trainers: persistent iterators, device moves, saving."""
 
 import itertools
-import math
 from typing import Dict, Iterator, Optional
 
 import torch
 import torch.nn as nn
-from torch.optim import Optimizer
-from torch.optim.lr_scheduler import LambdaLR
 from torch.utils.data import DataLoader
-
-
-def warmup_cosine_schedule(optimizer: Optimizer, total_steps: int, warmup_steps: int = 0,
-                           min_lr_ratio: float = 0.0) -> LambdaLR:
-    """Linear warm-up to the optimizer's lr over ``warmup_steps``, then cosine decay to ``min_lr_ratio * lr``."""
-    total_steps = max(total_steps, 1)
-
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        progress = min((step - warmup_steps) / max(total_steps - warmup_steps, 1), 1.0)
-        return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-    return LambdaLR(optimizer, factor)
 
 
 def set_sampler_epoch(dataloader: DataLoader, epoch: int) -> None:
