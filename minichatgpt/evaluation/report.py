@@ -111,7 +111,7 @@ def _plot_win_rates(ax, rows: List[Dict]) -> None:
     left = [0.0] * len(rows)
     for key, color in (("win_rate", "tab:green"), ("tie_rate", "tab:gray"), ("loss_rate", "tab:red")):
         widths = [r[key] for r in rows]
-        ax.barh(range(len(rows)), widths, left=left, color=color, label=key.replace("_rate", ""))
+        ax.barh(range(len(rows)), widths, left=left, height=0.5, color=color, label=key.replace("_rate", ""))
         left = [a + b for a, b in zip(left, widths)]
     for i, r in enumerate(rows):
         rate, (low, high) = r["win_rate_ties_half"], r["win_rate_ties_half_ci"]
