@@ -60,12 +60,19 @@ STAGES="$OUT/stages.tsv"
 printf "stage\twall_s\tpeak_rss_mb\n" > "$STAGES"
 
 # stage NAME COMMAND...: run one stage, append its wall time and peak resident memory to stages.tsv.
+# Without GNU time (/usr/bin/time), the wall time only.
 stage() {
   local name="$1"; shift
   echo "=== $name: $*"
-  /usr/bin/time -f "%e %M" -o "$OUT/.time" "$@"
-  read -r wall rss_kb < "$OUT/.time"
-  printf "%s\t%s\t%d\n" "$name" "$wall" "$((rss_kb / 1024))" >> "$STAGES"
+  if [ -x /usr/bin/time ]; then
+    /usr/bin/time -f "%e %M" -o "$OUT/.time" "$@"
+    read -r wall rss_kb < "$OUT/.time"
+    printf "%s\t%s\t%d\n" "$name" "$wall" "$((rss_kb / 1024))" >> "$STAGES"
+  else
+    local start=$SECONDS
+    "$@"
+    printf "%s\t%s\tn/a\n" "$name" "$((SECONDS - start))" >> "$STAGES"
+  fi
 }
 
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
@@ -92,7 +99,7 @@ stage rm_gold "${MCG[@]}" rm --pretrain "$MODEL" --dataset "$OUT/data/gold.jsonl
 # 4. PPO from the SFT model against the proxy reward model, on the proxy part's prompts
 # shellcheck disable=SC2086
 stage ppo "${MCG[@]}" ppo --pretrain "$OUT/sft" --rm_pretrain "$OUT/rm_proxy" --prompt_path "$OUT/data/proxy.jsonl" \
-  --lora_rank "$LORA" $PPO_SIZE --max_input_len 96 --max_new_tokens "$NEW_TOKENS" --actor_lr 1e-5 \
+  --lora_rank "$LORA" $PPO_SIZE --max_input_len 96 --max_new_tokens "$NEW_TOKENS" --actor_lr 5e-5 \
   --critic_lr 1e-4 --kl_coef 0.05 --ptx_coef 0 --log_interval 1 --save_path "$OUT/ppo"
 
 # 5. DPO and GRPO from the same SFT model: NOT BUILT YET.

@@ -69,7 +69,8 @@ def render_conversation(conversation: Conversation) -> str:
 
 
 class RewardModelJudge:
-    """Scores each (conversation, response) with a reward model, in its own tokenizer's format."""
+    """Scores each (conversation, response) with a reward model, in its own tokenizer's format: the prompt
+    keeps its last ``max_len // 2`` tokens, then the response and EOS, cut at ``max_len`` tokens."""
 
     def __init__(self, reward_model: RewardModel, tokenizer, max_len: int = 512, batch_size: int = 8,
                  device: str = "cpu"):
@@ -92,8 +93,8 @@ class RewardModelJudge:
 
     def compare(self, conversations: Sequence[Conversation], first: Sequence[str], second: Sequence[str]) -> Judgement:
         first_scores, second_scores = self.scores(conversations, first), self.scores(conversations, second)
-        return Judgement(first_scores - second_scores, {"first_score": float(first_scores.mean()),
-                                                        "second_score": float(second_scores.mean())})
+        return Judgement(first_scores - second_scores, {"first_mean_score": float(first_scores.mean()),
+                                                        "second_mean_score": float(second_scores.mean())})
 
 
 class LLMJudge:

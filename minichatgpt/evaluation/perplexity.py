@@ -54,7 +54,8 @@ def perplexity(actor: Actor, tokenizer, source: str, max_len: int = 512, batch_s
                max_documents: Optional[int] = None, skip_invalid: bool = False, device: str = "cpu") -> Dict[str, float]:
     """Perplexity of ``actor`` on the documents of ``source`` (see the module docstring).
 
-    Returns ``perplexity``, ``nll`` (mean per predicted token, nats), ``tokens`` and ``documents``.
+    Returns ``perplexity``, ``nll`` (mean per predicted token, nats), ``tokens`` (predicted tokens) and
+    ``chunks``.
     """
     documents = text_documents(os.fspath(source)) if isinstance(source, (str, os.PathLike)) else source
     dataset = PretrainDataset(documents, tokenizer, max_len=max_len, max_datasets_size=max_documents,

@@ -70,7 +70,8 @@ def compare_policies(policy: Contestant, baseline: Contestant, judge, settings: 
     outcomes, judgement = judge_samples(judge, conversations, policy_samples, baseline_samples, tie_threshold)
     chars = [torch.tensor([len(t) for t in s.texts], dtype=torch.float64) for s in (policy_samples, baseline_samples)]
     result: Dict[str, object] = outcome_statistics(outcomes, chars[0], chars[1])
-    result["judge"] = judgement.stats
+    # The policy's answers went first: name the judge's per-side figures after the contestants.
+    result["judge"] = {k.replace("first", "policy").replace("second", "baseline"): v for k, v in judgement.stats.items()}
     for name, samples, char_lengths in (("policy", policy_samples, chars[0]), ("baseline", baseline_samples, chars[1])):
         result[f"{name}_length_tokens"] = float(samples.lengths.double().mean())
         result[f"{name}_length_chars"] = float(char_lengths.mean())

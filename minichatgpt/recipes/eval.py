@@ -52,7 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     duel.add_argument("--max_prompts", type=int, default=None, help="use the first N prompts")
     judges = duel.add_mutually_exclusive_group()
     judges.add_argument("--judge_rm", default=None, metavar="DIR", help="gold reward model that picks the winner")
-    judges.add_argument("--judge_lm", default=None, metavar="DIR", help="causal LM asked which answer is better")
+    judges.add_argument("--judge_lm", default=None, metavar="DIR",
+                        help="causal LM asked which answer is better (its prompt keeps its last 2 x --max_len tokens)")
     duel.add_argument("--tie_threshold", type=float, default=0.0,
                       help="a judge margin within +-this is a tie (RM score units, or nats for --judge_lm)")
     duel.add_argument("--max_new_tokens", type=int, default=64)
@@ -170,8 +171,8 @@ def build_judge(args: argparse.Namespace, device: str):
                                  args.batch_size, device)
         return judge, f"RM {name}"
     name, path = named(args.judge_lm)
-    judge = LLMJudge(Actor(pretrained=path).to(device), load_tokenizer(path), max(args.max_len, 1024),
-                     args.batch_size, device)
+    # The judge's prompt holds the conversation and two answers: it may be twice as long as one sequence.
+    judge = LLMJudge(Actor(pretrained=path).to(device), load_tokenizer(path), 2 * args.max_len, args.batch_size, device)
     return judge, f"LLM {name}"
 
 

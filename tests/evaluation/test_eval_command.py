@@ -37,6 +37,7 @@ def test_eval_writes_json_markdown_and_png(eval_model_dirs, files, tmp_path):
     assert (duel["policy"], duel["baseline"], duel["count"]) == ("ppo", "sft", len(PROMPTS))
     assert duel["win_rate"] + duel["tie_rate"] + duel["loss_rate"] == pytest.approx(1.0)
     assert math.isfinite(duel["kl"]) and 0 <= duel["length_controlled"]["lc_win_rate"] <= 1
+    assert {"policy_mean_score", "baseline_mean_score"} == set(duel["judge"])
     assert {row["model"] for row in results["perplexity"]} == {"ppo", "sft"}
     assert results["split"]["x"]["records"] == 2 and results["split"]["y"]["records"] == 3
     report = (out / "report.md").read_text()

@@ -24,15 +24,23 @@ PAIRS = [(3, 1, "easy"), (4, 2, "easy"), (2, 5, "easy"), (5, 1, "easy"), (1, 2, 
 
 
 def write_rewardbench_file(path):
-    with open(path, "w") as f:
-        for i, (c, r, subset) in enumerate(PAIRS):
-            f.write(json.dumps({"prompt": f"describe the cat {i}", "chosen": " ".join(["sweet"] * c),
-                                "rejected": " ".join(["sweet"] * r), "subset": subset, "id": i}) + "\n")
+    """RewardBench's columns (prompt, chosen, rejected, subset, id) as JSON lines or Parquet."""
+    rows = [{"prompt": f"describe the cat {i}", "chosen": " ".join(["sweet"] * c), "rejected": " ".join(["sweet"] * r),
+             "subset": subset, "id": i} for i, (c, r, subset) in enumerate(PAIRS)]
+    if str(path).endswith(".parquet"):
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        pq.write_table(pa.Table.from_pylist(rows), str(path))
+    else:
+        with open(path, "w") as f:
+            f.writelines(json.dumps(row) + "\n" for row in rows)
     return str(path)
 
 
-def test_accuracy_and_margin_overall_and_per_subset(tmp_path, word_tokenizer):
-    path = write_rewardbench_file(tmp_path / "rewardbench.jsonl")
+@pytest.mark.parametrize("suffix", [".jsonl", ".parquet"])
+def test_accuracy_and_margin_overall_and_per_subset(tmp_path, word_tokenizer, suffix):
+    path = write_rewardbench_file(tmp_path / f"rewardbench{suffix}")
     result = reward_model_accuracy(LengthRewardModel(), word_tokenizer, path, batch_size=4)
     expected = {"all": PAIRS, "easy": PAIRS[:4], "hard": PAIRS[4:]}
     assert list(result) == ["all", "easy", "hard"]
