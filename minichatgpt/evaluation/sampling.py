@@ -50,6 +50,10 @@ def sample_responses(actor: Actor, tokenizer, prompts: PromptDataset, settings: 
                      reference: Optional[Actor] = None, device: str = "cpu", desc: str = "sampling") -> Samples:
     """Answer every prompt once, in order, with a generator seeded by ``settings.seed``.
 
+    Two models sampled with the same settings draw the same random numbers for the same prompts (same
+    batches), so where their next-token distributions agree they pick the same tokens: the comparison
+    sees the difference of the models, not of the dice.
+
     With ``reference``, also the KL of ``actor`` to it on these samples: the summed k1 estimator over the
     policy's own samples is an unbiased estimate of KL(policy || reference) per response when sampling is
     plain (temperature 1, no top-k/top-p); otherwise it is the mean log-ratio on the tempered samples.

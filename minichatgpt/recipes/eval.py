@@ -31,6 +31,7 @@ from ..data.readers import looks_like_path
 from ..evaluation import (Contestant, LLMJudge, RewardModelJudge, SamplingSettings, compare_policies, parse_parts, perplexity,
                           reward_model_accuracy, split_file, write_report)
 from ..nn import Actor, RewardModel, load_tokenizer
+from ..nn.loading import read_checkpoint_tensor
 from ..trainer.strategies.utils import set_seed
 from .checks import UsageError, check_model_source, check_numbers, check_output_dir
 
@@ -136,6 +137,19 @@ def check_locations(args: argparse.Namespace) -> None:
     for flag, value in models:
         if value is not None:
             check_model_source(flag, named(value)[1])
+    for flag, values in (("--reward_model", args.reward_model), ("--judge_rm", [args.judge_rm] if args.judge_rm else [])):
+        for value in values:
+            check_reward_head(flag, named(value)[1])
+
+
+def check_reward_head(flag: str, path: str) -> None:
+    """A reward model directory holds its one-output ``score`` head (as ``minichatgpt rm`` saves it);
+    without one ``RewardModel`` would score with a random head, so a causal LM given by mistake is an error."""
+    head = read_checkpoint_tensor(path, "score.weight") if os.path.isdir(os.path.expanduser(path)) else None
+    if head is None or head.dim() != 2 or head.size(0) != 1:
+        found = "no" if head is None else f"a {tuple(head.shape)}"
+        raise UsageError(f"{flag} {path!r} has {found} reward head (expected score.weight of shape (1, hidden), "
+                         "as minichatgpt rm saves it); is it a causal LM rather than a reward model?")
 
 
 def resolve_device(name: str) -> str:

@@ -68,6 +68,8 @@ def test_a_policy_against_itself_ties_everything_with_zero_kl(eval_model_dirs, f
     (["--policy", "./nowhere/model", "--baseline", "LM", "--prompts", "PROMPTS", "--judge_rm", "RM"],
      "--policy './nowhere/model' does not exist"),
     (["--split", "PROMPTS", "--split_parts", "a=-1"], "--split_parts 'a=-1'"),
+    (["--reward_model", "LM", "--pairs", "PROMPTS"], "has no reward head"),
+    (["--policy", "LM", "--baseline", "LM", "--prompts", "PROMPTS", "--judge_rm", "LM"], "--judge_rm"),
     ([], "nothing to evaluate"),
 ])
 def test_errors_name_the_flag(eval_model_dirs, files, tmp_path, capsys, extra, message):
@@ -75,3 +77,12 @@ def test_errors_name_the_flag(eval_model_dirs, files, tmp_path, capsys, extra, m
     argv = ["eval", "--output_dir", str(tmp_path / "err")] + [names.get(a, a) for a in extra]
     assert cli.main(argv) == 2
     assert message in capsys.readouterr().err
+
+
+def test_help_documents_the_methods(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["eval", "--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    for phrase in ("--judge_lm", "both orders", "Wilson", "length-controlled", "--split_parts", "perplexity"):
+        assert phrase in text
