@@ -15,7 +15,7 @@ import torch
 from ..data.fields import detect_format
 from ..data.preference import PREFERENCE_FORMATS, preference_pair
 from ..data.prompts import PROMPT_FORMATS, prompt_conversations
-from ..data.readers import DataError, Record, Source, load_rows
+from ..data.readers import DataError, Record, Source, load_rows, source_name
 
 
 def prompt_key(record: Record, where: str) -> str:
@@ -57,13 +57,16 @@ def split_rows(keys: Sequence[str], parts: Sequence[Tuple[str, float]], seed: in
         groups.setdefault(key, []).append(index)
     order = torch.randperm(len(groups), generator=torch.Generator().manual_seed(seed)).tolist()
     grouped = list(groups.values())
-    queue = [grouped[i] for i in order]
+    queue = iter([grouped[i] for i in order])
     result: Dict[str, List[int]] = {}
     for name, size in parts:
         target = int(size) if size >= 1 else round(size * len(keys))
         rows: List[int] = []
-        while queue and len(rows) < target:
-            rows += queue.pop(0)
+        while len(rows) < target:
+            group = next(queue, None)
+            if group is None:
+                break
+            rows += group
         result[name] = sorted(rows)
     return result
 
@@ -81,7 +84,7 @@ def split_file(source: Source, spec: str, output_dir: str, seed: int = 42) -> Di
     for name, size in parts:
         indices = split[name]
         if not indices:
-            raise DataError(f"{source}: no record left for part {name!r} ({len(rows)} records in all)")
+            raise DataError(f"{source_name(source)}: no record left for part {name!r} ({len(rows)} records in all)")
         path = os.path.join(output_dir, f"{name}.jsonl")
         with open(path, "w", encoding="utf-8") as f:
             for i in indices:

@@ -39,3 +39,12 @@ def test_split_file_writes_disjoint_jsonl_parts_by_prompt(tmp_path):
 def test_bad_part_specs_are_rejected(spec):
     with pytest.raises(ValueError, match="part"):
         parse_parts(spec)
+
+
+def test_a_file_too_small_for_its_parts_is_named(tmp_path):
+    from minichatgpt.data import DataError
+
+    source = tmp_path / "small.jsonl"
+    source.write_text("".join(json.dumps({"prompt": f"p{i}", "chosen": "a", "rejected": "b"}) + "\n" for i in range(3)))
+    with pytest.raises(DataError, match=r"small.jsonl: no record left for part 'c'"):
+        split_file(str(source), "a=2,b=1,c=1", str(tmp_path / "out"))
