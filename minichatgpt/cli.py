@@ -9,6 +9,7 @@ COMMANDS = {
     "sft": ("minichatgpt.recipes.sft", "stage 1: supervised fine-tuning (examples/train_sft.py)"),
     "rm": ("minichatgpt.recipes.rm", "stage 2: reward-model training (examples/train_reward_model.py)"),
     "ppo": ("minichatgpt.recipes.ppo", "stage 3: PPO(-ptx) on prompts (examples/train_prompts.py)"),
+    "eval": ("minichatgpt.recipes.eval", "RM accuracy, policy win rate vs a baseline by a judge, perplexity"),
 }
 SERVING = {"chat": "multi-turn chat in the terminal", "serve": "OpenAI-compatible HTTP server with a web page"}
 
