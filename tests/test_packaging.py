@@ -179,7 +179,7 @@ def test_every_imported_package_is_declared():
     assert not problems, "\n".join(problems)
 
 
-@pytest.mark.slow  # imports the whole package in a fresh interpreter: 15-45 s on two shared cores
+@pytest.mark.slow  # imports the whole package in a fresh interpreter: 4 s idle, 45 s on busy shared cores
 @pytest.mark.skipif(sys.version_info < (3, 10), reason="sys.stdlib_module_names is Python 3.10+")
 def test_every_module_imports_with_the_core_dependencies_alone():
     """Every optional package the code names is blocked; each module but the extras' own still imports."""
