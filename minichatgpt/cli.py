@@ -35,12 +35,14 @@ def main(argv: Optional[List[str]] = None) -> int:
         # A bad flag or data file (UsageError, DataError) is one message and exit code 2, as argparse's own errors.
         return run_command(f"minichatgpt {command}", importlib.import_module(COMMANDS[command][0]).main, rest)
     if command in SERVING:
+        from .recipes.checks import run_command
         from .serving.cli import register
 
         parser = argparse.ArgumentParser(prog="minichatgpt")
         register(parser.add_subparsers(dest="command", required=True))
         args = parser.parse_args([command] + rest)
-        return args.func(args) or 0
+        # A missing extra (fastapi for serve, torchao for --quant) is one line and exit code 2.
+        return run_command(f"minichatgpt {command}", lambda _: args.func(args))
     print(f"minichatgpt: unknown command {command!r}\n\n{usage()}", file=sys.stderr)
     return 2
 

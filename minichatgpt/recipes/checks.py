@@ -39,6 +39,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 
 from ..data.readers import DataError, looks_like_path
+from ..extras import MissingDependency
 
 MIN_FREE_MB = 100
 FREE_SPACE_ENV = "MINICHATGPT_MIN_FREE_MB"
@@ -149,8 +150,8 @@ def check_strategy(name: str, env: Optional[Dict[str, str]] = None) -> None:
     if name.startswith("deepspeed"):
         version = installed_version("deepspeed")
         if version is None:
-            raise UsageError(f"--strategy {name} needs DeepSpeed, which is not installed: pip install -e "
-                             f".[deepspeed] (deepspeed>={MIN_VERSION}), or use --strategy ddp or fsdp")
+            raise UsageError(f"--strategy {name} needs DeepSpeed (minichatgpt[deepspeed]), which is not installed: pip "
+                             f"install --no-build-isolation 'deepspeed>={MIN_VERSION}', or use --strategy ddp or fsdp")
         if version and Version(version) < Version(MIN_VERSION):
             raise UsageError(f"--strategy {name} needs deepspeed>={MIN_VERSION}, found {version}: "
                              f"pip install 'deepspeed>={MIN_VERSION}'")
@@ -490,10 +491,10 @@ def check_command(command: str, argv: Sequence[str]) -> argparse.Namespace:
 
 
 def run_command(prog: str, main: Callable[[Optional[List[str]]], object], argv: Optional[List[str]] = None) -> int:
-    """Run a recipe's ``main``; a UsageError or DataError becomes ``prog: error: message`` and exit code 2."""
+    """Run a recipe's ``main``; a UsageError, DataError or MissingDependency is ``prog: error: message``, exit 2."""
     try:
         main(argv)
-    except (UsageError, DataError) as err:
+    except (UsageError, DataError, MissingDependency) as err:
         print(f"{prog}: error: {err}", file=sys.stderr)
         return 2
     return 0

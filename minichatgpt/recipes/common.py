@@ -13,6 +13,7 @@ import torch
 from torch.utils.data import Dataset, Subset
 
 from .. import demo
+from ..extras import require
 from ..nn import load_tokenizer
 from ..trainer import MetricsLogger
 from ..trainer.strategies import STRATEGY_NAMES, Strategy, build_strategy
@@ -79,6 +80,8 @@ def setup(args: argparse.Namespace) -> Strategy:
     """Check the flags (``checks.validate``), seed, build the strategy (process group included), and create
     the output directory."""
     validate(args)
+    if args.tensorboard_dir:  # before any model is built, not when the logger is
+        require(("tensorboard",), "tensorboard", "--tensorboard_dir")
     strategy = build_strategy(args.strategy)
     set_seed(args.seed)
     if args.save_path:

@@ -12,6 +12,8 @@ from typing import Dict, Optional
 
 import torch
 
+from ..extras import require
+
 
 def _is_rank0() -> bool:
     return not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0
@@ -44,7 +46,7 @@ class MetricsLogger(Callback):
     Args:
         path: JSONL file (appended to, so the stages of a pipeline share one file).
         stage: name written on every line (``sft``, ``rm``, ``ppo``).
-        tensorboard_dir: event directory; ignored with a note when ``tensorboard`` is not installed.
+        tensorboard_dir: event directory; needs ``tensorboard`` (``MissingDependency`` names the extra).
     """
 
     def __init__(self, path: str, stage: str, tensorboard_dir: Optional[str] = None):
@@ -53,12 +55,10 @@ class MetricsLogger(Callback):
             return
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         if tensorboard_dir:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
+            require(("tensorboard",), "tensorboard", "--tensorboard_dir")
+            from torch.utils.tensorboard import SummaryWriter
 
-                self.writer = SummaryWriter(tensorboard_dir)
-            except ImportError:
-                print("tensorboard is not installed (pip install minichatgpt[tensorboard]); logging to JSONL only")
+            self.writer = SummaryWriter(tensorboard_dir)
 
     def on_log(self, step: int, metrics: Dict[str, float]) -> None:
         if not _is_rank0():
