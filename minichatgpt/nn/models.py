@@ -47,6 +47,15 @@ def _hf_config(model: nn.Module):
     return (model.get_base_model() if is_lora(model) else model).config
 
 
+def backbone_output_size(config) -> int:
+    """Width of the backbone's last hidden states, which the value head reads.
+
+    Usually ``hidden_size``; OPT checkpoints such as opt-350m project the decoder output down to
+    ``word_embed_proj_dim`` (their ``AutoModelForSequenceClassification`` head is sized the same way).
+    """
+    return getattr(config, "word_embed_proj_dim", None) or config.hidden_size
+
+
 def _save_tokenizer(directory: str, tokenizer: Optional[PreTrainedTokenizerBase]) -> None:
     if tokenizer is not None:
         tokenizer.save_pretrained(directory)
@@ -146,7 +155,7 @@ class _ScalarHeadModel(nn.Module):
         super().__init__()
         self.model = _build(model, pretrained, config, "backbone", self.default_config, checkpoint, lora_rank,
                             lora_train_bias, lora_alpha, "FEATURE_EXTRACTION")
-        hidden_size = _hf_config(self.model).hidden_size
+        hidden_size = backbone_output_size(_hf_config(self.model))
         if value_head is None:
             value_head = nn.Linear(hidden_size, 1, bias=False)
             saved = read_checkpoint_tensor(pretrained, "score.weight") if pretrained and os.path.isdir(pretrained) else None
