@@ -14,7 +14,8 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from ..experience import AdaptiveKLController, Experience, ExperienceMaker, FixedKLController, ReplayBuffer
-from ..functional import explained_variance, lm_loss, log_probs_and_entropy, masked_mean, policy_loss, value_loss
+from ..functional import (explained_variance, left_padding_mask, lm_loss, log_probs_and_entropy, masked_mean,
+                          policy_loss, value_loss)
 from .callbacks import Callback
 from .checkpoint import CheckpointManager
 from .guards import NonFiniteGuard, StopRequest, agree_flags
@@ -128,8 +129,9 @@ class PPOTrainer:
     # ------------------------------------------------------------------------------------------
     def make_experience(self, batch) -> Experience:
         """Generate responses for a batch of left-padded prompts and score them."""
-        if isinstance(batch, torch.Tensor):  # the original API passed bare prompt ids
-            batch = {"input_ids": batch, "attention_mask": (batch != self.generate_kwargs["pad_token_id"]).long()}
+        if isinstance(batch, torch.Tensor):  # the original API passed bare left-padded prompt ids
+            pad = self.generate_kwargs["pad_token_id"]
+            batch = {"input_ids": batch, "attention_mask": left_padding_mask(batch, pad)}
         batch = to_device(batch, self.strategy.device)
         kwargs = dict(self.generate_kwargs)
         if "max_length" in kwargs:
