@@ -20,7 +20,8 @@ from transformers import AutoModelForSequenceClassification, PreTrainedModel, Pr
 from ..functional import last_token_index
 from .generation import Rollout, accepts_position_ids, generate, position_ids_from_mask
 from .loading import ConfigLike, load_model, quiet_transformers, read_checkpoint_tensor, to_config
-from .lora import adapters_disabled, apply_lora, is_lora, merged_copy, save_adapter
+from .lora import (adapters_disabled, apply_lora, frozen_base, is_lora, merged_copy, save_adapter,
+                   trained_base_parameters)
 
 
 def _build(model: Optional[nn.Module], pretrained: Optional[str], config: ConfigLike, head: str,
@@ -124,11 +125,26 @@ class Actor(nn.Module):
         """Sample responses with the KV cache; see ``minichatgpt.nn.generation.generate``."""
         return generate(self.model, input_ids, attention_mask, **generate_kwargs)
 
-    def reference(self):
-        """Context in which this actor computes as its frozen base model (LoRA adapters off)."""
+    def freeze_reference(self) -> str:
+        """Fix the reference policy that ``reference()`` computes as: the actor as it is now, adapters off.
+
+        When LoRA also trains base biases (``lora_train_bias`` all / lora_only), they are snapshotted
+        now and restored inside ``reference()``, so the KL is not measured against a moving target.
+        Returns a sentence saying which reference was chosen, for the log.
+        """
         if not is_lora(self.model):
             raise ValueError("a shared reference model needs an actor with LoRA adapters (lora_rank > 0)")
-        return adapters_disabled(self.model)
+        self._reference = frozen_base(self.model)
+        biases = len(trained_base_parameters(self.model))
+        return ("reference policy: the actor with LoRA adapters off" +
+                (f" and its {biases} trained bias tensors set back to a snapshot taken now" if biases else ""))
+
+    def reference(self):
+        """Context in which this actor computes as its frozen base model (LoRA adapters off; trained
+        biases as they were at ``freeze_reference``, which the first call does when not done before)."""
+        if getattr(self, "_reference", None) is None:
+            self.freeze_reference()
+        return self._reference()
 
     def save_pretrained(self, directory: str, tokenizer: Optional[PreTrainedTokenizerBase] = None) -> None:
         """Write a plain Hugging Face directory (adapters merged); adapters also go to ``adapter/``."""

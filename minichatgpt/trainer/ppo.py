@@ -90,7 +90,10 @@ class PPOTrainer:
         for model in (reward_model, initial_model):
             if model is not None:
                 model.eval()
-        reference_context = None if initial_model is not None else strategy.unwrap_model(actor).reference
+        reference_context = None
+        if initial_model is None:
+            strategy.print(strategy.unwrap_model(actor).freeze_reference())
+            reference_context = strategy.unwrap_model(actor).reference
         self.maker = ExperienceMaker(actor, critic, reward_model, initial_model, reference_context, kl_estimator,
                                      gamma, lam, score_clip, normalize_scores)
         self.buffer = ReplayBuffer(train_batch_size, buffer_limit, buffer_cpu_offload,
