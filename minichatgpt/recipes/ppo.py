@@ -20,7 +20,7 @@ from ..nn import Actor, Critic, RewardModel, is_lora
 from ..trainer import PerformanceEvaluator, PPOTrainer
 from ..trainer.utils import save_pretrained
 from .common import (Interrupted, add_common_arguments, build_tokenizer, checkpointing, metrics_logger,
-                     parse_with_demo_defaults, setup)
+                     parse_with_demo_defaults, saves_state_dict, setup)
 
 DEMO_DEFAULTS = dict(num_episodes=12, max_timesteps=4, update_timesteps=4, experience_batch_size=32,
                      train_batch_size=32, max_epochs=2, max_new_tokens=14, max_input_len=32, actor_lr=5e-5,
@@ -173,7 +173,9 @@ def run(args: argparse.Namespace) -> dict:
                           resume_from=resume)
     if trainer.interrupted:
         raise Interrupted("ppo", trainer.step, trainer.interrupted)
-    if args.save_path:
+    if saves_state_dict(args.save_path):  # the original project's actor_checkpoint_prompts.pt
+        strategy.save_model(actor, args.save_path, only_rank0=True)
+    elif args.save_path:
         save_pretrained(strategy, actor, args.save_path, tokenizer)
         save_pretrained(strategy, critic, os.path.join(args.save_path, "critic"), tokenizer)
     return {"metrics": metrics, "performance": performance.summary()}
