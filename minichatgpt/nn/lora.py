@@ -6,6 +6,7 @@ directories, loadable with ``peft.PeftModel.from_pretrained`` by anyone.
 """
 
 import copy
+import warnings
 from contextlib import contextmanager, nullcontext
 from typing import Callable, ContextManager, Optional
 
@@ -83,8 +84,10 @@ def frozen_base(model: nn.Module) -> Callable[[], ContextManager]:
             for name, p in params.items():
                 p.copy_(snapshot[name])
         try:
-            with adapters_disabled(model):
-                yield
+            with warnings.catch_warnings():  # peft warns that lora_only biases differ from the base: restored here
+                warnings.filterwarnings("ignore", message=".*disabling adapter layers with bias.*")
+                with adapters_disabled(model):
+                    yield
         finally:
             with torch.no_grad():
                 for name, p in params.items():

@@ -16,6 +16,7 @@ from tqdm import tqdm
 from ..experience import AdaptiveKLController, Experience, ExperienceMaker, FixedKLController, ReplayBuffer
 from ..functional import (explained_variance, left_padding_mask, lm_loss, log_probs_and_entropy, masked_mean,
                           policy_loss, value_loss)
+from ..tokenizer import stop_token_ids
 from .callbacks import Callback
 from .checkpoint import CheckpointManager
 from .guards import NonFiniteGuard, StopRequest, agree_flags
@@ -84,7 +85,8 @@ class PPOTrainer:
         self.nonfinite = NonFiniteGuard(max_nonfinite_steps)
         self.interrupted = 0  # the signal number that stopped ``fit`` early
         self.kl_ctl = AdaptiveKLController(kl_coef, target_kl, kl_horizon) if target_kl else FixedKLController(kl_coef)
-        self.generate_kwargs = self._generate_kwargs(generate_kwargs, tokenizer)
+        self.generate_kwargs = self._generate_kwargs(generate_kwargs, tokenizer, getattr(
+            getattr(strategy.unwrap_model(actor), "model", None), "generation_config", None))
         for model in (actor, critic):
             disable_dropout(model)
         for model in (reward_model, initial_model):
@@ -111,10 +113,10 @@ class PPOTrainer:
                            count_parameters(strategy.unwrap_model(actor))}
 
     @staticmethod
-    def _generate_kwargs(kwargs: dict, tokenizer) -> dict:
+    def _generate_kwargs(kwargs: dict, tokenizer, generation_config) -> dict:
         kwargs = dict(kwargs)
-        if tokenizer is not None:
-            kwargs.setdefault("eos_token_id", tokenizer.eos_token_id)
+        if tokenizer is not None:  # stop on every end-of-turn id: EOS, template terminator, config EOS ids
+            kwargs.setdefault("eos_token_id", stop_token_ids(tokenizer, generation_config))
             kwargs.setdefault("pad_token_id", tokenizer.pad_token_id)
         missing = [k for k in ("eos_token_id", "pad_token_id") if kwargs.get(k) is None]
         if missing:
