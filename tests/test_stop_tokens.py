@@ -85,6 +85,11 @@ def test_turn_terminator_is_read_from_the_rendered_template(family):
     # Training data ends each assistant reply with the terminator, as the template renders it.
     encoder = Encoder(tokenizer)
     assert encoder.response_ids("the cat is nice .")[-1] == tokenizer.convert_tokens_to_ids(terminator)
+    messages = [{"role": "user", "content": "hello"}, {"role": "assistant", "content": "the cat is nice ."},
+                {"role": "user", "content": "there"}, {"role": "assistant", "content": "hello there"}]
+    ids, _ = encoder.conversation_ids(messages, "messages", "record 1")
+    whole = tokenizer.apply_chat_template(messages, tokenize=False)
+    assert ids == tokenizer(whole, add_special_tokens=False)["input_ids"]  # the template's own rendering
 
 
 @pytest.mark.parametrize("family,with_template,in_generation_config", list(cases()))

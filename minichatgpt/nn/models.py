@@ -134,7 +134,7 @@ class Actor(nn.Module):
         """
         if not is_lora(self.model):
             raise ValueError("a shared reference model needs an actor with LoRA adapters (lora_rank > 0)")
-        self._reference = frozen_base(self.model)
+        self._reference = (self.model, frozen_base(self.model))  # a deep copy of the actor freezes its own
         biases = len(trained_base_parameters(self.model))
         return ("reference policy: the actor with LoRA adapters off" +
                 (f" and its {biases} trained bias tensors set back to a snapshot taken now" if biases else ""))
@@ -142,9 +142,9 @@ class Actor(nn.Module):
     def reference(self):
         """Context in which this actor computes as its frozen base model (LoRA adapters off; trained
         biases as they were at ``freeze_reference``, which the first call does when not done before)."""
-        if getattr(self, "_reference", None) is None:
+        if getattr(self, "_reference", (None,))[0] is not self.model:
             self.freeze_reference()
-        return self._reference()
+        return self._reference[1]()
 
     def save_pretrained(self, directory: str, tokenizer: Optional[PreTrainedTokenizerBase] = None) -> None:
         """Write a plain Hugging Face directory (adapters merged); adapters also go to ``adapter/``."""
