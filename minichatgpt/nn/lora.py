@@ -11,7 +11,6 @@ from contextlib import contextmanager, nullcontext
 from typing import Callable, ContextManager, Optional
 
 import torch
-
 import torch.nn as nn
 from peft import LoraConfig, PeftModel, get_peft_model
 
@@ -84,7 +83,7 @@ def frozen_base(model: nn.Module) -> Callable[[], ContextManager]:
             for name, p in params.items():
                 p.copy_(snapshot[name])
         try:
-            with warnings.catch_warnings():  # peft warns that lora_only biases differ from the base: restored here
+            with warnings.catch_warnings():  # peft warns that trained biases differ from the base: restored here
                 warnings.filterwarnings("ignore", message=".*disabling adapter layers with bias.*")
                 with adapters_disabled(model):
                     yield

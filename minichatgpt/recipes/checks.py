@@ -397,7 +397,8 @@ def check_outputs(args: argparse.Namespace, copies: int) -> None:
     save_path = getattr(args, "save_path", None)
     if saves_state_dict(save_path):
         if os.path.isdir(save_path):
-            raise UsageError(f"--save_path {save_path!r} is a directory; a name ending in .pt means a state dict file")
+            raise UsageError(f"--save_path {save_path!r} is a directory; a name ending in .pt names a state dict "
+                             "file")
         save_path = os.path.dirname(os.path.abspath(save_path))
     if save_path:
         check_output_dir("--save_path", save_path, required_free_bytes(getattr(args, "pretrain", None), copies))

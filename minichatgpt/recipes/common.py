@@ -40,8 +40,9 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pretrain", default=None,
                         help="hub name, save_pretrained directory or .gguf file; default: the built-in tiny model")
     parser.add_argument("--tokenizer", default=None, help="tokenizer location if not the --pretrain one")
-    parser.add_argument("--save_path", default=None, help="output directory (Hugging Face format + tokenizer); a name ending in .pt "
-                             "writes a state dict file (strategy.save_model) instead")
+    parser.add_argument("--save_path", default=None,
+                        help="output directory (Hugging Face format + tokenizer); a name ending in .pt writes a "
+                             "state dict file (strategy.save_model) instead")
     parser.add_argument("--lora_rank", type=int, default=0, help="> 0 trains LoRA adapters of this rank only")
     parser.add_argument("--lora_train_bias", default="none", choices=("none", "all", "lora_only"))
     parser.add_argument("--grad_checkpoint", action="store_true", help="gradient checkpointing (less memory)")
@@ -130,7 +131,8 @@ def model_source(args: argparse.Namespace, tokenizer) -> dict:
 
 
 def metrics_logger(args: argparse.Namespace, stage: str) -> Optional[MetricsLogger]:
-    path = args.metrics_path or (os.path.join(output_dir(args.save_path), "metrics.jsonl") if args.save_path else None)
+    default = os.path.join(output_dir(args.save_path), "metrics.jsonl") if args.save_path else None
+    path = args.metrics_path or default
     return MetricsLogger(path, stage, args.tensorboard_dir) if path else None
 
 
@@ -153,8 +155,8 @@ def checkpointing(args: argparse.Namespace, strategy: Strategy, stage: str):
             raise UsageError("--resume needs --save_path (checkpoints live in SAVE_PATH/checkpoints)")
         return None, None
     config = {k: v for k, v in vars(args).items() if isinstance(v, (str, int, float, bool, type(None)))}
-    manager = CheckpointManager(os.path.join(output_dir(args.save_path), "checkpoints"), strategy, args.save_total_limit,
-                                {"stage": stage, **config})
+    manager = CheckpointManager(os.path.join(output_dir(args.save_path), "checkpoints"), strategy,
+                                args.save_total_limit, {"stage": stage, **config})
     try:
         resume = resolve_resume(args.resume, manager.root, manager)
     except (OSError, RuntimeError) as e:

@@ -85,8 +85,8 @@ class PPOTrainer:
         self.nonfinite = NonFiniteGuard(max_nonfinite_steps)
         self.interrupted = 0  # the signal number that stopped ``fit`` early
         self.kl_ctl = AdaptiveKLController(kl_coef, target_kl, kl_horizon) if target_kl else FixedKLController(kl_coef)
-        self.generate_kwargs = self._generate_kwargs(generate_kwargs, tokenizer, getattr(
-            getattr(strategy.unwrap_model(actor), "model", None), "generation_config", None))
+        generation_config = getattr(getattr(strategy.unwrap_model(actor), "model", None), "generation_config", None)
+        self.generate_kwargs = self._generate_kwargs(generate_kwargs, tokenizer, generation_config)
         for model in (actor, critic):
             disable_dropout(model)
         for model in (reward_model, initial_model):

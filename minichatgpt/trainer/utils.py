@@ -156,8 +156,8 @@ def disable_dropout(module: nn.Module) -> None:
 
     ``nn.Dropout`` modules get ``p = 0``; float attributes named like dropout probabilities are zeroed
     on every submodule (attention modules copy ``config.attention_dropout`` at init and pass it to
-    functional dropout in training mode) and on every config. ``eval()`` would do it too but also
-    turns gradient checkpointing off, so it is not relied on.
+    functional dropout in training mode) and on every config. ``eval()`` would switch dropout off
+    too, but it also turns gradient checkpointing off, so it is not relied on.
     """
     for m in module.modules():
         if isinstance(m, nn.Dropout):

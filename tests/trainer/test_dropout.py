@@ -20,7 +20,7 @@ EOS, PAD = 2, 0
 
 DROPOUT_FIELDS = {
     "gpt2": dict(resid_pdrop=0.1, embd_pdrop=0.1, attn_pdrop=0.1),
-    "opt": dict(dropout=0.1, attention_dropout=0.1, activation_dropout=0.1, layerdrop=0.5),
+    "opt": dict(dropout=0.1, attention_dropout=0.1, layerdrop=0.5),
     "bloom": dict(hidden_dropout=0.1, attention_dropout=0.1),
     "llama": dict(attention_dropout=0.1),
     "gpt_neox": dict(hidden_dropout=0.1, attention_dropout=0.1),
