@@ -10,6 +10,7 @@ import torch.nn as nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 from torch.utils.data import DataLoader
+from transformers import PretrainedConfig
 
 
 def warmup_cosine_schedule(optimizer: Optimizer, total_steps: int, warmup_steps: int = 0,
@@ -163,6 +164,6 @@ def disable_dropout(module: nn.Module) -> None:
         if isinstance(m, nn.Dropout):
             m.p = 0.0
         _zero_dropout_floats(m)
-        config = getattr(m, "config", None)
-        if config is not None and not isinstance(config, nn.Module):
+        config = getattr(m, "config", None)  # engines (DeepSpeed) keep other kinds of ``config`` too
+        if isinstance(config, PretrainedConfig):
             _zero_dropout_floats(config)
