@@ -83,3 +83,18 @@ def test_dropout_is_kept_outside_ppo(family):
     ids = torch.randint(3, 77, (4, 12))
     with torch.no_grad():
         assert not torch.equal(actor(ids, torch.ones_like(ids)), actor(ids, torch.ones_like(ids)))
+
+
+def test_dropout_is_zeroed_without_turning_gradient_checkpointing_off():
+    torch.manual_seed(0)
+    config = dropout_config("opt")
+    actor, critic = Actor(config=config, checkpoint=True), Critic(config=config, checkpoint=True)
+    PPOTrainer(NaiveStrategy("cpu"), actor, critic, RewardModel(config=config), deepcopy(actor),
+               torch.optim.Adam(actor.parameters()), torch.optim.Adam(critic.parameters()), eos_token_id=EOS,
+               pad_token_id=PAD)
+    actor.train()
+    assert actor.model.is_gradient_checkpointing and critic.model.is_gradient_checkpointing
+    ids = torch.randint(3, 77, (2, 10))
+    first = actor(ids, torch.ones_like(ids))
+    first.sum().backward()  # checkpointed recomputation sees the same (zero) dropout
+    assert torch.equal(first.detach(), actor(ids, torch.ones_like(ids)).detach())
