@@ -393,7 +393,14 @@ def check_output_dir(flag: str, path: str, required_bytes: int = 0) -> None:
 
 
 def check_outputs(args: argparse.Namespace, copies: int) -> None:
+    from .common import saves_state_dict
+
     save_path = getattr(args, "save_path", None)
+    if saves_state_dict(save_path):
+        if os.path.isdir(save_path):
+            raise UsageError(f"--save_path {save_path!r} is a directory; a name ending in .pt names a state dict "
+                             "file")
+        save_path = os.path.dirname(os.path.abspath(save_path))
     if save_path:
         check_output_dir("--save_path", save_path, required_free_bytes(getattr(args, "pretrain", None), copies))
     metrics_path = getattr(args, "metrics_path", None)

@@ -41,7 +41,9 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pretrain", default=None,
                         help="hub name, save_pretrained directory or .gguf file; default: the built-in tiny model")
     parser.add_argument("--tokenizer", default=None, help="tokenizer location if not the --pretrain one")
-    parser.add_argument("--save_path", default=None, help="output directory (Hugging Face format + tokenizer)")
+    parser.add_argument("--save_path", default=None,
+                        help="output directory (Hugging Face format + tokenizer); a name ending in .pt writes a "
+                             "state dict file (strategy.save_model) instead")
     parser.add_argument("--lora_rank", type=int, default=0, help="> 0 trains LoRA adapters of this rank only")
     parser.add_argument("--lora_train_bias", default="none", choices=("none", "all", "lora_only"))
     parser.add_argument("--grad_checkpoint", action="store_true", help="gradient checkpointing (less memory)")
@@ -76,6 +78,22 @@ def add_optim_arguments(parser: argparse.ArgumentParser, lr: float) -> None:
                         help="share of the dataset held out for evaluation when --eval_dataset is not given")
 
 
+STATE_DICT_SUFFIXES = (".pt", ".pth")
+
+
+def saves_state_dict(save_path: Optional[str]) -> bool:
+    """A ``--save_path`` ending in ``.pt``/``.pth`` names a state dict file (``strategy.save_model``), as
+    in the original project (``train_reward_model.py --save_path rmstatic.pt``); anything else names a
+    Hugging Face directory."""
+    return bool(save_path) and save_path.endswith(STATE_DICT_SUFFIXES)
+
+
+def output_dir(save_path: str) -> str:
+    """Where a run's metrics and checkpoints go: ``--save_path`` itself, or for a state dict file
+    ``rmstatic.pt`` the directory ``rmstatic`` beside it."""
+    return os.path.splitext(save_path)[0] if saves_state_dict(save_path) else save_path
+
+
 def setup(args: argparse.Namespace) -> Strategy:
     """Check the flags (``checks.validate``), seed, build the strategy (process group included), and create
     the output directory."""
@@ -85,7 +103,8 @@ def setup(args: argparse.Namespace) -> Strategy:
     strategy = build_strategy(args.strategy)
     set_seed(args.seed)
     if args.save_path:
-        check_writable(args.save_path)
+        check_writable(os.path.dirname(os.path.abspath(args.save_path)) if saves_state_dict(args.save_path)
+                       else args.save_path)
     return strategy
 
 
@@ -115,7 +134,8 @@ def model_source(args: argparse.Namespace, tokenizer) -> dict:
 
 
 def metrics_logger(args: argparse.Namespace, stage: str) -> Optional[MetricsLogger]:
-    path = args.metrics_path or (os.path.join(args.save_path, "metrics.jsonl") if args.save_path else None)
+    default = os.path.join(output_dir(args.save_path), "metrics.jsonl") if args.save_path else None
+    path = args.metrics_path or default
     return MetricsLogger(path, stage, args.tensorboard_dir) if path else None
 
 
@@ -138,8 +158,8 @@ def checkpointing(args: argparse.Namespace, strategy: Strategy, stage: str):
             raise UsageError("--resume needs --save_path (checkpoints live in SAVE_PATH/checkpoints)")
         return None, None
     config = {k: v for k, v in vars(args).items() if isinstance(v, (str, int, float, bool, type(None)))}
-    manager = CheckpointManager(os.path.join(args.save_path, "checkpoints"), strategy, args.save_total_limit,
-                                {"stage": stage, **config})
+    manager = CheckpointManager(os.path.join(output_dir(args.save_path), "checkpoints"), strategy,
+                                args.save_total_limit, {"stage": stage, **config})
     try:
         resume = resolve_resume(args.resume, manager.root, manager)
     except (OSError, RuntimeError) as e:
@@ -201,7 +221,9 @@ def run_supervised_stage(args: argparse.Namespace, stage: str, model_cls, datase
     metrics = trainer.fit(train_loader, eval_loader, resume_from=resume)
     if trainer.interrupted:
         raise Interrupted(stage, trainer.step, trainer.interrupted)
-    if args.save_path:
+    if saves_state_dict(args.save_path):
+        strategy.save_model(model, args.save_path, only_rank0=True)
+    elif args.save_path:
         save_pretrained(strategy, model, args.save_path, tokenizer)
     strategy.print(f"{stage}: " + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
     return metrics
