@@ -9,6 +9,7 @@ COMMANDS = {
     "sft": "stage 1: supervised fine-tuning (examples/train_sft.py)",
     "rm": "stage 2: reward-model training (examples/train_reward_model.py)",
     "ppo": "stage 3: PPO(-ptx) on prompts (examples/train_prompts.py)",
+    "eval": "RM accuracy, policy win rate vs a baseline by a judge, perplexity",
 }
 SERVING = {"chat": "multi-turn chat in the terminal", "serve": "OpenAI-compatible HTTP server with a web page"}
 
@@ -42,12 +43,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     if command in COMMANDS:
         return run_training_command(command, f"minichatgpt {command}", rest)
     if command in SERVING:
+        from .recipes.checks import run_command
         from .serving.cli import register
 
         parser = argparse.ArgumentParser(prog="minichatgpt")
         register(parser.add_subparsers(dest="command", required=True))
         args = parser.parse_args([command] + rest)
-        return args.func(args) or 0
+        # A missing extra (fastapi for serve, torchao for --quant) is one line and exit code 2.
+        return run_command(f"minichatgpt {command}", lambda _: args.func(args))
     print(f"minichatgpt: unknown command {command!r}\n\n{usage()}", file=sys.stderr)
     return 2
 

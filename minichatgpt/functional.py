@@ -126,6 +126,13 @@ def last_token_index(mask: torch.Tensor) -> torch.Tensor:
     return (mask.long() * positions).argmax(-1)
 
 
+def left_padding_mask(input_ids: torch.Tensor, pad_token_id: int) -> torch.Tensor:
+    """(B, T) attention mask of left-padded ids: 0 on the leading pad run of each row, 1 from its first
+    other token on. A pad id later in a row (GPT-2 pads with its EOS id, which may occur inside a
+    prompt) is a real token, so ``input_ids != pad_token_id`` would be wrong."""
+    return ((input_ids != pad_token_id).long().cumsum(-1) > 0).long()
+
+
 def compute_rewards(scores: torch.Tensor, kl: torch.Tensor, action_mask: torch.Tensor, kl_coef: float,
                     score_clip: Optional[float] = None) -> torch.Tensor:
     """Per-token rewards: ``-kl_coef * kl_t`` everywhere, plus the score at the last real token only.

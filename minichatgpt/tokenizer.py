@@ -9,7 +9,8 @@ Two prompt formats exist:
       Assistant: <assistant turn>
 
   turns joined by blank lines, a prompt ending with ``"\\n\\nAssistant:"`` and responses starting with a
-  space. The response is followed by the EOS token in SFT and RM data.
+  space. The response is followed by its end token in SFT and RM data: the chat template's turn
+  terminator (``turn_terminator``) when it has one, else the EOS token.
 
 Padding conventions: prompts are left-padded for generation (so every row's last position is the
 last prompt token), training batches are right-padded. Collators pick the side explicitly, so the
@@ -77,8 +78,54 @@ def format_prompt(tokenizer: PreTrainedTokenizerBase, messages: Sequence[Message
     return "\n\n".join(turns) + "\n\nAssistant:"
 
 
-def format_response(tokenizer: PreTrainedTokenizerBase, response: str) -> str:
-    """The text that follows ``format_prompt`` for a given assistant reply, EOS included."""
+def format_response(tokenizer: PreTrainedTokenizerBase, response: str, end_token: Optional[str] = None) -> str:
+    """The text that follows ``format_prompt`` for a given assistant reply, its end token included.
+
+    ``end_token``: the token that ends the reply; ``turn_end_token(tokenizer)`` when not given.
+    """
+    end_token = end_token if end_token is not None else turn_end_token(tokenizer)
     if has_chat_template(tokenizer):
-        return response + tokenizer.eos_token
-    return " " + response.strip() + tokenizer.eos_token
+        return response + end_token
+    return " " + response.strip() + end_token
+
+
+_PROBE = "minichatgpt-reply-probe"
+
+
+def turn_terminator(tokenizer: PreTrainedTokenizerBase) -> Optional[str]:
+    """The special token the chat template writes right after an assistant message, or None.
+
+    Read from the rendered template, since it is often not the tokenizer's EOS: Llama-3 ends turns with
+    ``<|eot_id|>`` (EOS ``<|end_of_text|>``), Gemma with ``<end_of_turn>``, Phi-3 with ``<|end|>``.
+    None without a template, or when the template ends turns with plain text.
+    """
+    if not has_chat_template(tokenizer):
+        return None
+    messages = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": _PROBE}]
+    try:
+        text = tokenizer.apply_chat_template(messages, tokenize=False)
+    except Exception:  # noqa: BLE001 (a template may reject this conversation in its own ways)
+        return None
+    if not isinstance(text, str) or _PROBE not in text:
+        return None
+    after = text.split(_PROBE, 1)[1].lstrip(" ")
+    specials = set(tokenizer.all_special_tokens) | set(tokenizer.get_added_vocab())
+    matches = [token for token in specials if token and after.startswith(token)]
+    return max(matches, key=len) if matches else None
+
+
+def turn_end_token(tokenizer: PreTrainedTokenizerBase) -> str:
+    """The token that ends an assistant reply: the template's terminator, else the tokenizer's EOS."""
+    return turn_terminator(tokenizer) or tokenizer.eos_token
+
+
+def stop_token_ids(tokenizer: PreTrainedTokenizerBase, generation_config=None) -> List[int]:
+    """Every token id that ends a reply: the tokenizer's EOS, the chat template's turn terminator and
+    the EOS ids of the model's generation config (an int or a list, e.g. Llama-3's two)."""
+    ids = [tokenizer.eos_token_id]
+    terminator = turn_terminator(tokenizer)
+    if terminator is not None:
+        ids.append(tokenizer.convert_tokens_to_ids(terminator))
+    extra = getattr(generation_config, "eos_token_id", None)
+    ids += list(extra) if isinstance(extra, (list, tuple)) else [extra]
+    return list(dict.fromkeys(int(i) for i in ids if i is not None))

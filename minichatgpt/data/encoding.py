@@ -20,7 +20,7 @@ from transformers import PreTrainedTokenizerBase
 
 from minichatgpt.data.fields import invalid_field
 from minichatgpt.data.readers import DataError
-from minichatgpt.tokenizer import Message, format_prompt, format_response
+from minichatgpt.tokenizer import Message, format_prompt, format_response, turn_end_token
 
 
 def check_max_len(max_len: int) -> int:
@@ -50,8 +50,8 @@ class Encoder:
         if tokenizer.eos_token_id is None:
             raise ValueError(f"tokenizer {type(tokenizer).__name__} has no EOS token; call prepare_tokenizer first")
         self.tokenizer = tokenizer
-        self.eos_token: str = tokenizer.eos_token
-        self.eos_token_id: int = tokenizer.eos_token_id
+        self.eos_token: str = turn_end_token(tokenizer)  # the chat template's terminator, else EOS
+        self.eos_token_id: int = tokenizer.convert_tokens_to_ids(self.eos_token)
         self.prefix_ids = leading_special_ids(tokenizer)
         self.prefix_text = "".join(tokenizer.convert_ids_to_tokens(self.prefix_ids))
         self._warned_unstable_template = False
@@ -77,7 +77,7 @@ class Encoder:
 
     def response_text(self, response: str) -> str:
         """The text that follows the prompt for an assistant reply, without the EOS token."""
-        text = format_response(self.tokenizer, response)
+        text = format_response(self.tokenizer, response, self.eos_token)
         return text[:-len(self.eos_token)] if text.endswith(self.eos_token) else text
 
     def response_ids(self, response: str) -> List[int]:

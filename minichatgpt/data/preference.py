@@ -69,6 +69,10 @@ class PreferenceDataset(Dataset):
         skip_invalid: leave out invalid rows instead of failing on the first one; their number is
             warned about once and kept in ``num_invalid_skipped``.
 
+    Attributes:
+        locations: the location of each item's record (``"data.jsonl:3"``, as ``load_rows`` names it),
+            so that a report can read other fields of that record (e.g. RewardBench's ``subset``).
+
     Items: ``{"chosen_input_ids": (T_c,) long, "rejected_input_ids": (T_r,) long}``.
     """
 
@@ -77,6 +81,7 @@ class PreferenceDataset(Dataset):
         check_max_len(max_len)
         encoder = Encoder(tokenizer)
         self.examples: List[Dict[str, torch.Tensor]] = []
+        self.locations: List[str] = []  # where each example's record sits ("data.jsonl:3"), for per-row reports
         self.num_truncated_away = 0
         invalid = InvalidRows(source, skip_invalid)
         for where, record in load_rows(source, max_datasets_size, on_invalid=invalid.skip):
@@ -93,6 +98,7 @@ class PreferenceDataset(Dataset):
                 rejected_ids = (rejected_prompt_ids + encoder.response_ids(rejected))[:max_len]
                 self.examples.append({"chosen_input_ids": torch.tensor(chosen_ids, dtype=torch.long),
                                       "rejected_input_ids": torch.tensor(rejected_ids, dtype=torch.long)})
+                self.locations.append(where)
         invalid.report(len(self.examples) + self.num_truncated_away)
         self.num_invalid_skipped = invalid.count
         if not self.examples:

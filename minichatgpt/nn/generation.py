@@ -7,7 +7,7 @@ second forward pass over the rollout.
 """
 
 import inspect
-from typing import NamedTuple, Optional
+from typing import NamedTuple, Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
@@ -73,13 +73,13 @@ def _all_finished(finished: torch.Tensor, synced: bool) -> bool:
 
 @torch.no_grad()
 def generate(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int,
-             eos_token_id: int, pad_token_id: int, do_sample: bool = True, temperature: float = 1.0,
-             top_k: int = 0, top_p: float = 1.0, generator: Optional[torch.Generator] = None,
+             eos_token_id: Union[int, Sequence[int]], pad_token_id: int, do_sample: bool = True,
+             temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, generator: Optional[torch.Generator] = None,
              synced: bool = False) -> Rollout:
     """Sample up to ``max_new_tokens`` tokens per row from a causal LM, reusing the KV cache.
 
-    Generation stops early once every row has produced EOS. The returned log-probs are those of the
-    raw policy (temperature 1, no truncation), which is what PPO's ratio needs.
+    Rows end at their first ``eos_token_id`` (an id, or several); generation stops once all have. The
+    returned log-probs are those of the raw policy (temperature 1, no truncation), as PPO's ratio needs.
 
     Args:
         model: a Hugging Face causal LM (or a peft model around one).
@@ -118,7 +118,7 @@ def generate(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Te
         tokens.append(token)
         log_probs.append(log_probs_from_logits(logits, token))
         masks.append((~finished).long())
-        finished = finished | (token == eos_token_id)
+        finished = finished | torch.isin(token, torch.as_tensor(eos_token_id, device=token.device))
         if _all_finished(finished, synced):
             break
         attention_mask = torch.cat([attention_mask, masks[-1].unsqueeze(1)], dim=1)

@@ -11,6 +11,7 @@ import transformers
 from transformers import (AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer, PretrainedConfig,
                           PreTrainedModel, PreTrainedTokenizerBase)
 
+from ..extras import require
 from ..tokenizer import prepare_tokenizer
 
 @contextmanager
@@ -90,6 +91,7 @@ def _load(auto, pretrained, config, dtype, trust_remote_code):
     kwargs = {_DTYPE_KWARG: dtype or torch.float32, "trust_remote_code": trust_remote_code}
     if gguf_file is None:
         return auto.from_pretrained(path, **kwargs)
+    require(("gguf",), "gguf", f"loading {pretrained}")
     model = auto.from_pretrained(path, gguf_file=gguf_file, **kwargs)
     # The GGUF weights are dequantized to plain tensors on load; dropping the quantizer marker lets
     # the trained model be saved as an ordinary Hugging Face directory.
@@ -111,6 +113,7 @@ def load_tokenizer(pretrained: str, eos_token: Optional[str] = None, pad_token: 
     path, gguf_file = split_gguf(os.path.expanduser(pretrained))
     kwargs = {"trust_remote_code": trust_remote_code}
     if gguf_file is not None:
+        require(("gguf",), "gguf", f"loading {pretrained}")
         kwargs["gguf_file"] = gguf_file
     tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
     vocab = tokenizer.get_vocab()

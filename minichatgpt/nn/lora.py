@@ -6,9 +6,11 @@ directories, loadable with ``peft.PeftModel.from_pretrained`` by anyone.
 """
 
 import copy
-from contextlib import nullcontext
-from typing import Optional
+import warnings
+from contextlib import contextmanager, nullcontext
+from typing import Callable, ContextManager, Optional
 
+import torch
 import torch.nn as nn
 from peft import LoraConfig, PeftModel, get_peft_model
 
@@ -47,6 +49,50 @@ def adapters_disabled(model: nn.Module):
     instead of keeping second copies.
     """
     return model.disable_adapter() if is_lora(model) else nullcontext()
+
+
+def trained_base_parameters(model: nn.Module) -> dict:
+    """{name: parameter} of a LoRA model's trainable weights that are not adapters: the biases that
+    ``train_bias="all"`` or ``"lora_only"`` trains. Empty when only adapters train."""
+    if not is_lora(model):
+        return {}
+    return {n: p for n, p in model.named_parameters() if p.requires_grad and "lora_" not in n}
+
+
+def frozen_base(model: nn.Module) -> Callable[[], ContextManager]:
+    """A context factory in which ``model`` computes as it is now with adapters off, even after training.
+
+    "Adapters off" alone is the starting point only while nothing but adapters trains. Trained base
+    biases are snapshotted here and, inside the context, copied in place of the trained values,
+    which are put back on exit. Parameters must be whole tensors on this process (not ZeRO-3
+    partitions or FSDP shards); with sharded parameters keep a frozen reference model instead.
+    """
+    params = trained_base_parameters(model)
+    if not params:
+        return lambda: adapters_disabled(model)
+    for name, p in params.items():
+        if p.numel() != getattr(p, "ds_numel", p.numel()) or type(p.data) is not torch.Tensor:
+            raise ValueError(f"{name} is sharded: a shared reference cannot restore its trained bias; "
+                             "pass a frozen reference model (initial_model) instead")
+    snapshot = {name: p.detach().clone() for name, p in params.items()}
+
+    @contextmanager
+    def reference():
+        trained = {name: p.detach().clone() for name, p in params.items()}
+        with torch.no_grad():
+            for name, p in params.items():
+                p.copy_(snapshot[name])
+        try:
+            with warnings.catch_warnings():  # peft warns that trained biases differ from the base: restored here
+                warnings.filterwarnings("ignore", message=".*disabling adapter layers with bias.*")
+                with adapters_disabled(model):
+                    yield
+        finally:
+            with torch.no_grad():
+                for name, p in params.items():
+                    p.copy_(trained[name])
+
+    return reference
 
 
 def merged_copy(model: nn.Module) -> nn.Module:

@@ -20,7 +20,8 @@ from transformers import AutoModelForSequenceClassification, PreTrainedModel, Pr
 from ..functional import last_token_index
 from .generation import Rollout, accepts_position_ids, generate, position_ids_from_mask
 from .loading import ConfigLike, load_model, quiet_transformers, read_checkpoint_tensor, to_config
-from .lora import adapters_disabled, apply_lora, is_lora, merged_copy, save_adapter
+from .lora import (adapters_disabled, apply_lora, frozen_base, is_lora, merged_copy, save_adapter,
+                   trained_base_parameters)
 
 
 def _build(model: Optional[nn.Module], pretrained: Optional[str], config: ConfigLike, head: str,
@@ -45,6 +46,15 @@ def _build(model: Optional[nn.Module], pretrained: Optional[str], config: Config
 
 def _hf_config(model: nn.Module):
     return (model.get_base_model() if is_lora(model) else model).config
+
+
+def backbone_output_size(config) -> int:
+    """Width of the backbone's last hidden states, which the value head reads.
+
+    Usually ``hidden_size``; OPT checkpoints such as opt-350m project the decoder output down to
+    ``word_embed_proj_dim`` (their ``AutoModelForSequenceClassification`` head is sized the same way).
+    """
+    return getattr(config, "word_embed_proj_dim", None) or config.hidden_size
 
 
 def _save_tokenizer(directory: str, tokenizer: Optional[PreTrainedTokenizerBase]) -> None:
@@ -115,11 +125,26 @@ class Actor(nn.Module):
         """Sample responses with the KV cache; see ``minichatgpt.nn.generation.generate``."""
         return generate(self.model, input_ids, attention_mask, **generate_kwargs)
 
-    def reference(self):
-        """Context in which this actor computes as its frozen base model (LoRA adapters off)."""
+    def freeze_reference(self) -> str:
+        """Fix the reference policy that ``reference()`` computes as: the actor as it is now, adapters off.
+
+        When LoRA also trains base biases (``lora_train_bias`` all / lora_only), they are snapshotted
+        now and restored inside ``reference()``, so the KL is not measured against a moving target.
+        Returns a sentence saying which reference was chosen, for the log.
+        """
         if not is_lora(self.model):
             raise ValueError("a shared reference model needs an actor with LoRA adapters (lora_rank > 0)")
-        return adapters_disabled(self.model)
+        self._reference = (self.model, frozen_base(self.model))  # a deep copy of the actor freezes its own
+        biases = len(trained_base_parameters(self.model))
+        return ("reference policy: the actor with LoRA adapters off" +
+                (f" and its {biases} trained bias tensors set back to a snapshot taken now" if biases else ""))
+
+    def reference(self):
+        """Context in which this actor computes as its frozen base model (LoRA adapters off; trained
+        biases as they were at ``freeze_reference``, which the first call does when not done before)."""
+        if getattr(self, "_reference", (None,))[0] is not self.model:
+            self.freeze_reference()
+        return self._reference[1]()
 
     def save_pretrained(self, directory: str, tokenizer: Optional[PreTrainedTokenizerBase] = None) -> None:
         """Write a plain Hugging Face directory (adapters merged); adapters also go to ``adapter/``."""
@@ -146,7 +171,7 @@ class _ScalarHeadModel(nn.Module):
         super().__init__()
         self.model = _build(model, pretrained, config, "backbone", self.default_config, checkpoint, lora_rank,
                             lora_train_bias, lora_alpha, "FEATURE_EXTRACTION")
-        hidden_size = _hf_config(self.model).hidden_size
+        hidden_size = backbone_output_size(_hf_config(self.model))
         if value_head is None:
             value_head = nn.Linear(hidden_size, 1, bias=False)
             saved = read_checkpoint_tensor(pretrained, "score.weight") if pretrained and os.path.isdir(pretrained) else None

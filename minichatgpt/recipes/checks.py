@@ -22,6 +22,7 @@ import torch
 from .. import config as config_lib
 from ..config import UsageError
 from ..data.readers import DataError
+from ..extras import MissingDependency, require
 from ..log import setup_logging
 from ..trainer.trackers import PACKAGES
 from .arguments import PipelineParser, stage_parser
@@ -59,8 +60,8 @@ def check_strategy(name: str, env: Optional[Dict[str, str]] = None) -> None:
     if name.startswith("deepspeed"):
         version = installed_version("deepspeed")
         if version is None:
-            raise UsageError(f"--strategy {name} needs DeepSpeed, which is not installed: pip install -e "
-                             f".[deepspeed] (deepspeed>={MIN_VERSION}), or use --strategy ddp or fsdp")
+            raise UsageError(f"--strategy {name} needs DeepSpeed (minichatgpt[deepspeed]), which is not installed: pip "
+                             f"install --no-build-isolation 'deepspeed>={MIN_VERSION}', or use --strategy ddp or fsdp")
         if version and Version(version) < Version(MIN_VERSION):
             raise UsageError(f"--strategy {name} needs deepspeed>={MIN_VERSION}, found {version}: "
                              f"pip install 'deepspeed>={MIN_VERSION}'")
@@ -97,13 +98,16 @@ def check_launch(name: str, env: Dict[str, str]) -> None:
                          "device(s) are visible; start at most that many processes per node")
 
 
-def check_trackers(report_to: List[str]) -> None:
-    """Every ``--report_to`` tracker's package is installed."""
-    for name in report_to:
-        package = PACKAGES.get(name)
-        if package and installed_version(package) is None:
-            raise UsageError(f"--report_to {name} needs the {package!r} package, which is not installed: "
-                             f"pip install {package}")
+def check_trackers(report_to: List[str], tensorboard_dir: Optional[str] = None) -> None:
+    """Every ``--report_to`` tracker's package (and TensorBoard's for ``--tensorboard_dir``) is installed;
+    the message names the extra to install."""
+    needed = [(PACKAGES[name], f"--report_to {name}") for name in report_to if name in PACKAGES]
+    needed += [(("tensorboard", "tensorboard"), "--tensorboard_dir")] if tensorboard_dir else []
+    for (package, extra), flag in needed:
+        try:
+            require((package,), extra, flag)
+        except MissingDependency as err:
+            raise UsageError(str(err)) from None
 
 
 def _int_env(env: Dict[str, str], var: str, default: Optional[str] = None) -> int:
@@ -124,7 +128,7 @@ def validate(config) -> None:
     """
     config_lib.validate(config)
     check_strategy(config.strategy)
-    check_trackers(config.report_to)
+    check_trackers(config.report_to, config.tensorboard_dir)
     check_paths_given(config)
     check_data(config)
     check_models(config)
@@ -173,11 +177,11 @@ def check_command(command: str, argv: Sequence[str]):
 
 
 def run_command(prog: str, main: Callable[[Optional[List[str]]], object], argv: Optional[List[str]] = None) -> int:
-    """Run a recipe's ``main``; a UsageError or DataError becomes ``prog: error: message`` and exit code 2."""
+    """Run a recipe's ``main``; a UsageError, DataError or MissingDependency is ``prog: error: message``, exit 2."""
     setup_logging()
     try:
         main(argv)
-    except (UsageError, DataError) as err:
+    except (UsageError, DataError, MissingDependency) as err:
         print(f"{prog}: error: {err}", file=sys.stderr)
         return 2
     return 0

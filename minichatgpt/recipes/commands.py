@@ -7,7 +7,7 @@ built-in SFT and reward models first, with the PPO flags given here as its PPO s
 
 from typing import List, Optional
 
-from . import pipeline, ppo as ppo_recipe, rm as rm_recipe, sft as sft_recipe
+from . import eval as eval_recipe, pipeline, ppo as ppo_recipe, rm as rm_recipe, sft as sft_recipe
 from .arguments import pipeline_values_for_ppo
 
 
@@ -33,4 +33,8 @@ def run_pipeline(argv: Optional[List[str]] = None) -> dict:
     return pipeline.main(argv)
 
 
-COMMANDS = {"pipeline": run_pipeline, "sft": sft, "rm": rm, "ppo": ppo}
+def evaluate(argv: Optional[List[str]] = None) -> dict:
+    return eval_recipe.main(argv)
+
+
+COMMANDS = {"pipeline": run_pipeline, "sft": sft, "rm": rm, "ppo": ppo, "eval": evaluate}

@@ -20,6 +20,7 @@ from ..trainer.strategies import Strategy, build_strategy
 from ..log import get_logger, setup_logging
 from ..trainer.strategies.utils import set_seed
 from .checks import validate
+from .path_checks import output_dir, saves_state_dict
 
 logger = get_logger(__name__)
 
@@ -43,9 +44,10 @@ def setup(args, stage: str) -> Strategy:
     strategy = build_strategy(args.strategy)
     set_seed(args.seed)
     if args.save_path:
-        check_writable(args.save_path)
+        out = output_dir(args.save_path)
+        check_writable(out)
         if strategy.is_rank0():
-            dump_yaml(args, os.path.join(args.save_path, CONFIG_FILE), stage)
+            dump_yaml(args, os.path.join(out, CONFIG_FILE), stage)
     return strategy
 
 
@@ -79,8 +81,9 @@ def metrics_logger(args, stage: str, strategy: Strategy) -> Optional[MetricsLogg
     which only rank 0 starts."""
     from ..trainer.trackers import build_trackers
 
-    path = args.metrics_path or (os.path.join(args.save_path, "metrics.jsonl") if args.save_path else None)
-    trackers = build_trackers(args.report_to, stage, args.save_path, dataclasses.asdict(args),
+    out = output_dir(args.save_path) if args.save_path else None
+    path = args.metrics_path or (os.path.join(out, "metrics.jsonl") if out else None)
+    trackers = build_trackers(args.report_to, stage, out, dataclasses.asdict(args),
                               args.tensorboard_dir) if strategy.is_rank0() else []
     return MetricsLogger(path, stage, trackers=trackers) if path or trackers else None
 
@@ -115,8 +118,8 @@ def checkpointing(args, strategy: Strategy, stage: str):
             raise UsageError("--resume needs --save_path (checkpoints live in SAVE_PATH/checkpoints)")
         return None, None
     config = {k: v for k, v in dataclasses.asdict(args).items() if isinstance(v, (str, int, float, bool, type(None)))}
-    manager = CheckpointManager(os.path.join(args.save_path, "checkpoints"), strategy, args.save_total_limit,
-                                {"stage": stage, **config})
+    manager = CheckpointManager(os.path.join(output_dir(args.save_path), "checkpoints"), strategy,
+                                args.save_total_limit, {"stage": stage, **config})
     try:
         resume = resolve_resume(args.resume, manager.root, manager)
     except (OSError, RuntimeError) as e:
@@ -175,7 +178,9 @@ def run_supervised_stage(args, stage: str, model_cls, dataset_cls, collator_cls,
     metrics = trainer.fit(train_loader, eval_loader, resume_from=resume)
     if trainer.interrupted:
         raise Interrupted(stage, trainer.step, trainer.interrupted)
-    if args.save_path:
+    if saves_state_dict(args.save_path):
+        strategy.save_model(model, args.save_path, only_rank0=True)
+    elif args.save_path:
         save_pretrained(strategy, model, args.save_path, tokenizer)
     logger.info(f"{stage}: " + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
     return metrics

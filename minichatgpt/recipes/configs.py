@@ -33,7 +33,8 @@ class RunConfig:
     pretrain: Optional[str] = option(None, "hub name, save_pretrained directory or .gguf file; default: the "
                                            "built-in tiny model")
     tokenizer: Optional[str] = option(None, "tokenizer location if not the --pretrain one")
-    save_path: Optional[str] = option(None, "output directory (Hugging Face format + tokenizer)")
+    save_path: Optional[str] = option(None, "output directory (Hugging Face format + tokenizer); a name ending in .pt "
+                                            "writes a state dict file (strategy.save_model) instead")
     lora_rank: int = option(0, "> 0 trains LoRA adapters of this rank only", rule=NON_NEGATIVE_INT)
     lora_train_bias: str = option("none", "which biases train with LoRA", choices=("none", "all", "lora_only"))
     grad_checkpoint: bool = option(False, "gradient checkpointing (less memory)")
@@ -184,6 +185,68 @@ class PipelineConfig:
     sft: SFTConfig = option(help="the SFT stage", default_factory=SFTConfig)
     rm: RMConfig = option(help="the reward-model stage", default_factory=RMConfig)
     ppo: PPOConfig = option(help="the PPO stage", default_factory=PPOConfig)
+
+
+@dataclasses.dataclass
+class EvalConfig:
+    """``minichatgpt eval``: reward-model accuracy, policy win rates against a baseline, perplexity, data splits."""
+    output_dir: str = option("outputs/eval", "where results.json, report.md/.png go")
+    reward_model: List[str] = option(help="reward models to score", metavar="[NAME=]DIR", default_factory=list)
+    pairs: List[str] = option(help="preference files (any RM data format)", metavar="FILE", default_factory=list)
+    subset_column: str = option("subset", "report per value of this field when present")
+    max_pairs: Optional[int] = option(None, "use the first N pairs of each file", rule=POSITIVE_INT)
+    policy: List[str] = option(help="policies to compare", metavar="[NAME=]DIR", default_factory=list)
+    baseline: Optional[str] = option(None, "what each policy is compared with", metavar="[NAME=]DIR")
+    prompts: Optional[str] = option(None, "prompts (any PPO prompt format)", metavar="FILE")
+    max_prompts: Optional[int] = option(None, "use the first N prompts", rule=POSITIVE_INT)
+    judge_rm: Optional[str] = option(None, "gold reward model that picks the winner", metavar="DIR")
+    judge_lm: Optional[str] = option(None, "causal LM asked which answer is better (its prompt keeps its last "
+                                           "2 x --max_len tokens)", metavar="DIR")
+    tie_threshold: float = option(0.0, "a judge margin within +-this is a tie (RM score units, or nats for "
+                                       "--judge_lm)", rule=NON_NEGATIVE)
+    max_new_tokens: int = option(64, "most tokens per answer", rule=POSITIVE_INT)
+    temperature: float = option(1.0, "sampling temperature")
+    top_k: int = option(0, "sample from the k most likely tokens (0: all)", rule=NON_NEGATIVE_INT)
+    top_p: float = option(1.0, "nucleus sampling mass", rule=TOP_P)
+    greedy: bool = option(False, "greedy answers instead of sampling")
+    max_input_len: int = option(256, "prompt tokens kept (left-truncated)", rule=LENGTH)
+    text: Optional[str] = option(None, "held-out text: {'text'} records or a .txt file", metavar="FILE")
+    perplexity_model: List[str] = option(help="models to measure (default: the policies and the baseline)",
+                                         metavar="[NAME=]DIR", default_factory=list)
+    max_documents: Optional[int] = option(None, "use the first N documents", rule=POSITIVE_INT)
+    split: Optional[str] = option(None, "data file to cut into disjoint parts", metavar="FILE")
+    split_parts: Optional[str] = option(None, "parts, each a count of records or a share below 1, e.g. "
+                                              "proxy=300,gold=0.5", metavar="NAME=SIZE,...")
+    max_len: int = option(512, "longest sequence scored, in tokens", rule=LENGTH)
+    batch_size: int = option(8, "sequences per forward pass", rule=POSITIVE_INT)
+    seed: int = option(42, "seed of the sampled answers", rule=SEED)
+    skip_invalid_rows: bool = option(False, "leave out invalid data rows")
+    device: str = option("auto", "cpu, cuda, cuda:1... (auto: cuda when available)")
+    log_level: str = option("info", "what the run prints", choices=LEVELS)
+
+    def check(self) -> None:
+        """Combinations of fields (files and models are checked by the recipe)."""
+        if self.judge_rm and self.judge_lm:
+            raise UsageError("--judge_rm and --judge_lm exclude each other: give one judge")
+        if not self.greedy and not (math.isfinite(self.temperature) and self.temperature > 0):
+            raise UsageError(f"--temperature must be a finite number > 0 when sampling (or pass --greedy), "
+                             f"got {self.temperature!r}")
+        if not (self.reward_model or self.pairs or self.policy or self.text or self.split):
+            raise UsageError("nothing to evaluate: give --reward_model with --pairs, --policy with --baseline, "
+                             "--prompts and a judge, --text, or --split (see minichatgpt eval --help)")
+        for flag, value, other, other_value in (("--reward_model", self.reward_model, "--pairs", self.pairs),
+                                                ("--split", self.split, "--split_parts", self.split_parts)):
+            if bool(value) != bool(other_value):
+                given, missing = (flag, other) if value else (other, flag)
+                raise UsageError(f"{given} needs {missing}")
+        if self.policy:
+            for flag in ("baseline", "prompts"):
+                if getattr(self, flag) is None:
+                    raise UsageError(f"--policy needs --{flag}")
+            if self.judge_rm is None and self.judge_lm is None:
+                raise UsageError("--policy needs a judge: --judge_rm (a gold reward model) or --judge_lm (a causal LM)")
+        if self.text and not (self.perplexity_model or self.policy):
+            raise UsageError("--text needs --perplexity_model (or --policy / --baseline, measured by default)")
 
 
 STAGES: Dict[str, type] = {"sft": SFTConfig, "rm": RMConfig, "ppo": PPOConfig}

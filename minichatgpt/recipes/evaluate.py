@@ -8,7 +8,7 @@ import torch
 from ..data import PromptCollator
 from ..functional import compute_kl, log_probs_from_logits
 from ..nn import Actor, RewardModel
-from ..tokenizer import format_prompt
+from ..tokenizer import format_prompt, stop_token_ids
 
 
 @torch.no_grad()
@@ -27,6 +27,7 @@ def evaluate_policy(actor: Actor, tokenizer, conversations: List[List[dict]], re
     """
     generator = torch.Generator(device=device).manual_seed(seed)
     collate = PromptCollator(tokenizer.pad_token_id)
+    stop_ids = stop_token_ids(tokenizer, getattr(actor.model, "generation_config", None))
     totals: Dict[str, float] = {}
     for start in range(0, len(conversations), batch_size):
         chunk = conversations[start:start + batch_size]
@@ -35,7 +36,7 @@ def evaluate_policy(actor: Actor, tokenizer, conversations: List[List[dict]], re
         batch = collate([{"input_ids": torch.tensor(tokenizer(f, add_special_tokens=False).input_ids)}
                          for f in formatted])
         rollout = actor.generate(batch["input_ids"].to(device), batch["attention_mask"].to(device),
-                                 max_new_tokens=max_new_tokens, eos_token_id=tokenizer.eos_token_id,
+                                 max_new_tokens=max_new_tokens, eos_token_id=stop_ids,
                                  pad_token_id=tokenizer.pad_token_id, generator=generator)
         num_actions = rollout.action_mask.size(1)
         values = {"response_length": rollout.action_mask.sum(-1).float()}

@@ -235,8 +235,29 @@ def check_output_dir(flag: str, path: str, required_bytes: int = 0) -> None:
                          f"{FREE_SPACE_ENV} to the megabytes to require (0 skips this check)")
 
 
+STATE_DICT_SUFFIXES = (".pt", ".pth")
+
+
+def saves_state_dict(save_path: Optional[str]) -> bool:
+    """A ``--save_path`` ending in ``.pt``/``.pth`` names a state dict file (``strategy.save_model``), as
+    in the original project (``train_reward_model.py --save_path rmstatic.pt``); anything else names a
+    Hugging Face directory."""
+    return bool(save_path) and save_path.endswith(STATE_DICT_SUFFIXES)
+
+
+def output_dir(save_path: str) -> str:
+    """Where a run's metrics and checkpoints go: ``--save_path`` itself, or for a state dict file
+    ``rmstatic.pt`` the directory ``rmstatic`` beside it."""
+    return os.path.splitext(save_path)[0] if saves_state_dict(save_path) else save_path
+
+
 def check_outputs(args, copies: int) -> None:
     save_path = getattr(args, "save_path", None)
+    if saves_state_dict(save_path):
+        if os.path.isdir(save_path):
+            raise UsageError(f"--save_path {save_path!r} is a directory; a name ending in .pt names a state dict "
+                             "file")
+        save_path = os.path.dirname(os.path.abspath(save_path))
     if save_path:
         check_output_dir("--save_path", save_path, required_free_bytes(getattr(args, "pretrain", None), copies))
     metrics_path = getattr(args, "metrics_path", None)

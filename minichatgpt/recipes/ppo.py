@@ -7,7 +7,7 @@ adapters off and the reward model shares the critic's frozen backbone, so neithe
 """
 
 import os
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import torch
 
@@ -18,15 +18,34 @@ from ..trainer import PerformanceEvaluator, PPOTrainer
 from ..config import ConfigParser, UsageError
 from ..trainer.utils import save_pretrained
 from .arguments import stage_parser
+from ..log import get_logger
 from .common import Interrupted, build_tokenizer, checkpointing, metrics_logger, report_data, setup
 from .configs import PPOConfig
+from .path_checks import saves_state_dict
 
 DEMO_PROMPTS = 512
+logger = get_logger(__name__)
 
 
 def build_parser() -> ConfigParser:
     """``parse_args`` of this parser returns a :class:`PPOConfig`."""
     return stage_parser("ppo")
+
+
+def reference_choice(args: PPOConfig) -> Tuple[bool, str]:
+    """Whether the actor (adapters off) can serve as the reference policy, and a sentence for the log.
+
+    Only when nothing but adapters trains: trained base biases (``--lora_train_bias`` all /
+    lora_only) would move a shared reference, so a frozen copy is kept then.
+    """
+    if args.lora_rank <= 0:
+        return False, "reference policy: a frozen copy of --pretrain"
+    if args.no_shared_reference:
+        return False, "reference policy: a frozen copy of --pretrain (--no_shared_reference)"
+    if args.lora_train_bias != "none":
+        return False, (f"reference policy: a frozen copy of --pretrain, since --lora_train_bias "
+                       f"{args.lora_train_bias} trains base biases that a shared reference would carry along")
+    return True, "reference policy: the actor with its LoRA adapters off (shared weights)"
 
 
 def build_models(args: PPOConfig):
@@ -38,12 +57,12 @@ def build_models(args: PPOConfig):
     if args.pretrain is None:
         raise ValueError("--pretrain (the SFT model) is required; `minichatgpt pipeline` trains one first")
     lora = dict(lora_rank=args.lora_rank, lora_train_bias=args.lora_train_bias)
-    share = args.lora_rank > 0 and not args.no_shared_reference
+    share, _ = reference_choice(args)
     rm_source = args.rm_pretrain or args.pretrain
     actor = Actor(pretrained=args.pretrain, checkpoint=args.grad_checkpoint, **lora)
     reference = None if share else Actor(pretrained=args.pretrain)
     critic = Critic(pretrained=rm_source, checkpoint=args.grad_checkpoint, **lora)
-    if share and args.lora_train_bias == "none":
+    if share:
         # The critic's frozen base weights and a frozen copy of its head; freezing this module as a
         # whole would also freeze the critic's adapters, which live in the same backbone.
         reward_model = RewardModel.sharing_backbone(critic)
@@ -72,6 +91,7 @@ def run(args: PPOConfig) -> dict:
     tokenizer = build_tokenizer(args)
     with strategy.model_init_context():
         actor, critic, reward_model, reference = build_models(args)
+    logger.info(reference_choice(args)[1])
     prompts = PromptDataset(args.prompt_path or demo.prompt_records(DEMO_PROMPTS, seed=args.seed + 2), tokenizer,
                             max_len=args.max_input_len, max_datasets_size=args.max_datasets_size,
                             skip_invalid=args.skip_invalid_rows)
@@ -113,7 +133,9 @@ def run(args: PPOConfig) -> dict:
                           resume_from=resume)
     if trainer.interrupted:
         raise Interrupted("ppo", trainer.step, trainer.interrupted)
-    if args.save_path:
+    if saves_state_dict(args.save_path):  # the original project's actor_checkpoint_prompts.pt
+        strategy.save_model(actor, args.save_path, only_rank0=True)
+    elif args.save_path:
         save_pretrained(strategy, actor, args.save_path, tokenizer)
         save_pretrained(strategy, critic, os.path.join(args.save_path, "critic"), tokenizer)
     return {"metrics": metrics, "performance": performance.summary()}

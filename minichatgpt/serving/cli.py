@@ -9,6 +9,7 @@ import os
 import sys
 from typing import List, Optional
 
+from ..extras import require
 from .quant import QUANT_MODES
 
 
@@ -65,6 +66,7 @@ def run_chat_command(args: argparse.Namespace) -> None:
 
 
 def run_serve_command(args: argparse.Namespace) -> None:
+    require(("fastapi", "uvicorn"), "serve", "the HTTP server")
     from .server import create_app, serve
 
     options = _options(args)

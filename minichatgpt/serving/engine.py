@@ -16,6 +16,7 @@ from transformers import PreTrainedTokenizerBase
 
 from ..nn.generation import cache_argument
 from ..tokenizer import Message, format_prompt, has_chat_template
+from ..tokenizer import stop_token_ids as reply_stop_ids
 
 DEFAULT_CONTEXT_WINDOW = 2048
 PREFIX_CONTEXT_TOKENS = 4  # prompt tokens decoded with the first reply tokens, for their leading space
@@ -72,15 +73,9 @@ def context_window(model: nn.Module, tokenizer: Optional[PreTrainedTokenizerBase
 
 
 def stop_token_ids(model: nn.Module, tokenizer: PreTrainedTokenizerBase) -> Set[int]:
-    """Token ids that end a reply: the tokenizer's EOS and the model's generation-config EOS ids."""
-    ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
-    generation_config = getattr(model, "generation_config", None)
-    extra = getattr(generation_config, "eos_token_id", None)
-    if isinstance(extra, int):
-        ids.add(extra)
-    elif isinstance(extra, (list, tuple)):
-        ids.update(int(i) for i in extra)
-    return ids
+    """Token ids that end a reply: the tokenizer's EOS, the chat template's turn terminator and the
+    model's generation-config EOS ids (see ``minichatgpt.tokenizer.stop_token_ids``)."""
+    return set(reply_stop_ids(tokenizer, getattr(model, "generation_config", None)))
 
 
 def encode_chat(tokenizer: PreTrainedTokenizerBase, messages: Sequence[Message]) -> List[int]:

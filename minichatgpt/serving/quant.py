@@ -24,6 +24,8 @@ from typing import Dict, Optional
 import torch
 import torch.nn as nn
 
+from ..extras import require
+
 QUANT_MODES = ("8bit", "4bit")
 BACKENDS = ("bitsandbytes", "torchao")
 # Groups of 32 weights share a scale and zero point (as llama.cpp's Q4 formats do): 5 bits per weight
@@ -57,6 +59,7 @@ def quantize_model(model: nn.Module, mode: str, device: torch.device, backend: O
     backend = backend or default_backend(device)
     if backend not in BACKENDS:
         raise ValueError(f"quantization backend must be one of {BACKENDS}, got {backend!r}")
+    require((backend,), "cuda" if backend == "bitsandbytes" else "quant", f"{mode} quantization with {backend}")
     convert_conv1d(model)
     if backend == "bitsandbytes":
         _quantize_bitsandbytes(model, mode, device)

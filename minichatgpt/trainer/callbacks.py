@@ -49,8 +49,8 @@ class MetricsLogger(Callback):
     Args:
         path: JSONL file (appended to, so the stages of a pipeline share one file); None for none.
         stage: name written on every line (``sft``, ``rm``, ``ppo``).
-        tensorboard_dir: also write TensorBoard events there (skipped with a warning when
-            ``tensorboard`` is not installed).
+        tensorboard_dir: also write TensorBoard events there (needs ``tensorboard``:
+            ``MissingDependency`` names the extra).
         trackers: objects with ``log(metrics, step)`` and ``finish()``, e.g. from ``build_trackers``.
     """
 
@@ -65,10 +65,7 @@ class MetricsLogger(Callback):
         if tensorboard_dir:
             from .trackers import TensorBoardTracker
 
-            try:
-                self.trackers.append(TensorBoardTracker(tensorboard_dir))
-            except ImportError as err:
-                logger.warning("%s; logging to JSONL only", err)
+            self.trackers.append(TensorBoardTracker(tensorboard_dir, feature="--tensorboard_dir"))
 
     def on_log(self, step: int, metrics: Dict[str, float]) -> None:
         if not _is_rank0():

@@ -14,7 +14,9 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from ..experience import AdaptiveKLController, Experience, ExperienceMaker, FixedKLController, ReplayBuffer
-from ..functional import explained_variance, lm_loss, log_probs_and_entropy, masked_mean, policy_loss, value_loss
+from ..functional import (explained_variance, left_padding_mask, lm_loss, log_probs_and_entropy, masked_mean,
+                          policy_loss, value_loss)
+from ..tokenizer import stop_token_ids
 from .callbacks import Callback
 from .checkpoint import CheckpointManager
 from .guards import NonFiniteGuard, StopRequest, agree_flags
@@ -83,13 +85,17 @@ class PPOTrainer:
         self.nonfinite = NonFiniteGuard(max_nonfinite_steps)
         self.interrupted = 0  # the signal number that stopped ``fit`` early
         self.kl_ctl = AdaptiveKLController(kl_coef, target_kl, kl_horizon) if target_kl else FixedKLController(kl_coef)
-        self.generate_kwargs = self._generate_kwargs(generate_kwargs, tokenizer)
+        generation_config = getattr(getattr(strategy.unwrap_model(actor), "model", None), "generation_config", None)
+        self.generate_kwargs = self._generate_kwargs(generate_kwargs, tokenizer, generation_config)
         for model in (actor, critic):
             disable_dropout(model)
         for model in (reward_model, initial_model):
             if model is not None:
                 model.eval()
-        reference_context = None if initial_model is not None else strategy.unwrap_model(actor).reference
+        reference_context = None
+        if initial_model is None:
+            strategy.print(strategy.unwrap_model(actor).freeze_reference())
+            reference_context = strategy.unwrap_model(actor).reference
         self.maker = ExperienceMaker(actor, critic, reward_model, initial_model, reference_context, kl_estimator,
                                      gamma, lam, score_clip, normalize_scores)
         self.buffer = ReplayBuffer(train_batch_size, buffer_limit, buffer_cpu_offload,
@@ -107,10 +113,10 @@ class PPOTrainer:
                            count_parameters(strategy.unwrap_model(actor))}
 
     @staticmethod
-    def _generate_kwargs(kwargs: dict, tokenizer) -> dict:
+    def _generate_kwargs(kwargs: dict, tokenizer, generation_config) -> dict:
         kwargs = dict(kwargs)
-        if tokenizer is not None:
-            kwargs.setdefault("eos_token_id", tokenizer.eos_token_id)
+        if tokenizer is not None:  # stop on every end-of-turn id: EOS, template terminator, config EOS ids
+            kwargs.setdefault("eos_token_id", stop_token_ids(tokenizer, generation_config))
             kwargs.setdefault("pad_token_id", tokenizer.pad_token_id)
         missing = [k for k in ("eos_token_id", "pad_token_id") if kwargs.get(k) is None]
         if missing:
@@ -128,8 +134,9 @@ class PPOTrainer:
     # ------------------------------------------------------------------------------------------
     def make_experience(self, batch) -> Experience:
         """Generate responses for a batch of left-padded prompts and score them."""
-        if isinstance(batch, torch.Tensor):  # the original API passed bare prompt ids
-            batch = {"input_ids": batch, "attention_mask": (batch != self.generate_kwargs["pad_token_id"]).long()}
+        if isinstance(batch, torch.Tensor):  # the original API passed bare left-padded prompt ids
+            pad = self.generate_kwargs["pad_token_id"]
+            batch = {"input_ids": batch, "attention_mask": left_padding_mask(batch, pad)}
         batch = to_device(batch, self.strategy.device)
         kwargs = dict(self.generate_kwargs)
         if "max_length" in kwargs:

@@ -116,6 +116,12 @@ class SupervisedTrainer:
         self.nonfinite.update(skip, self.step, self.strategy)
         return float(grad_norm), stopping
 
+    def _group_size(self, batch_index: int, num_batches: int) -> int:
+        """Micro-batches in the accumulation group of batch ``batch_index``: the last group of an epoch
+        may be shorter, and its gradient is still the mean over the micro-batches it holds."""
+        start = batch_index - batch_index % self.accumulation_steps
+        return min(self.accumulation_steps, num_batches - start)
+
     def fit(self, train_dataloader: DataLoader, eval_dataloader: Optional[DataLoader] = None,
             resume_from: Optional[str] = None) -> Dict[str, float]:
         """Train for ``max_epochs``; returns the last logged training metrics and the final evaluation.
@@ -140,7 +146,8 @@ class SupervisedTrainer:
                 losses_finite = torch.ones((), dtype=torch.bool, device=self.strategy.device)
                 for i, batch in enumerate(fresh_iterator(skip_batches(train_dataloader, skip)), start=skip):
                     loss, stats = self.loss(to_device(batch, self.strategy.device))
-                    self.strategy.backward(loss / self.accumulation_steps, self.model, self.optim)
+                    self.strategy.backward(loss / self._group_size(i, len(train_dataloader)), self.model,
+                                           self.optim)
                     losses_finite = losses_finite & torch.isfinite(loss.detach())
                     for name, value in {"loss": loss, **stats}.items():
                         self._window.setdefault(name, []).append(value.detach().float())

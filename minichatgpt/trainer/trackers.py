@@ -1,7 +1,7 @@
 """Experiment trackers that :class:`MetricsLogger` forwards each stage's metrics to (``--report_to``).
 
-Each backend imports its package only when chosen; a missing one is an ``ImportError`` naming the
-package to install. Metrics are logged as ``<stage>/<name>`` at the trainer's step; one run per stage
+Each backend imports its package only when chosen; a missing one is a ``MissingDependency`` naming the
+extra to install (``minichatgpt[wandb]``...). Metrics are logged as ``<stage>/<name>`` at the trainer's step; one run per stage
 in the project ``minichatgpt`` (``WANDB_PROJECT`` overrides it for W&B), grouped by the output
 directory's parent (a pipeline's stages share one group).
 """
@@ -10,22 +10,24 @@ import importlib
 import os
 from typing import Any, Dict, List, Optional, Sequence
 
+from ..extras import require as require_extra
+
 TRACKERS = ("tensorboard", "wandb", "mlflow", "trackio")
-PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow", "trackio": "trackio"}
+# tracker -> (its package, the minichatgpt extra that installs it)
+PACKAGES = {"tensorboard": ("tensorboard", "tensorboard"), "wandb": ("wandb", "wandb"),
+            "mlflow": ("mlflow", "mlflow"), "trackio": ("trackio", "trackio")}
 
 
-def require(package: str, tracker: str):
-    """Import ``package`` for ``--report_to tracker``; an ImportError that says what to install."""
-    try:
-        return importlib.import_module(package)
-    except ImportError as err:
-        raise ImportError(f"--report_to {tracker} needs the {package!r} package, which is not installed: "
-                          f"pip install {package}") from err
+def require(tracker: str, feature: Optional[str] = None):
+    """Import the package of ``tracker``; a MissingDependency naming the extra when it is not installed."""
+    package, extra = PACKAGES[tracker]
+    require_extra((package,), extra, feature or f"--report_to {tracker}")
+    return importlib.import_module(package)
 
 
 class TensorBoardTracker:
-    def __init__(self, log_dir: str):
-        require("tensorboard", "tensorboard")
+    def __init__(self, log_dir: str, feature: Optional[str] = None):
+        require("tensorboard", feature)
         from torch.utils.tensorboard import SummaryWriter
 
         self.writer = SummaryWriter(log_dir)
@@ -42,7 +44,7 @@ class WandbTracker:
     """A W&B run; ``WANDB_MODE=offline`` (or ``WANDB_PROJECT``...) from the environment apply as usual."""
 
     def __init__(self, project: str, name: str, group: str, output_dir: str, config: Dict[str, Any]):
-        wandb = require("wandb", "wandb")
+        wandb = require("wandb")
         self.run = wandb.init(project=os.environ.get("WANDB_PROJECT", project), name=name, group=group,
                               dir=output_dir, config=config, reinit="finish_previous")
 
@@ -57,7 +59,7 @@ class MLflowTracker:
     """An MLflow run in the experiment ``project`` (``MLFLOW_TRACKING_URI`` picks the store)."""
 
     def __init__(self, project: str, name: str, config: Dict[str, Any]):
-        self.mlflow = require("mlflow", "mlflow")
+        self.mlflow = require("mlflow")
         self.mlflow.set_experiment(project)
         self.mlflow.start_run(run_name=name)
         self.mlflow.log_params({k: v for k, v in config.items() if v is not None})
@@ -71,7 +73,7 @@ class MLflowTracker:
 
 class TrackioTracker:
     def __init__(self, project: str, name: str, config: Dict[str, Any]):
-        self.trackio = require("trackio", "trackio")
+        self.trackio = require("trackio")
         self.trackio.init(project=project, name=name, config=config)
 
     def log(self, metrics: Dict[str, float], step: int) -> None:

@@ -1,11 +1,13 @@
 """Small pieces shared by the trainers: persistent iterators, device moves, saving."""
 
 import itertools
+import re
 from typing import Dict, Iterator, Optional
 
 import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader
+from transformers import PretrainedConfig
 
 
 def set_sampler_epoch(dataloader: DataLoader, epoch: int) -> None:
@@ -121,8 +123,30 @@ def save_pretrained(strategy, model: nn.Module, directory: str, tokenizer=None) 
     strategy.barrier()
 
 
+# Names of dropout probabilities in Hugging Face configs and in the modules that copy them at init:
+# ``dropout``, ``attention_dropout``, ``hidden_dropout`` (OPT, BLOOM, LLaMA, GPT-NeoX), GPT-2's
+# ``resid_pdrop``/``embd_pdrop``/``attn_pdrop``, OPT's ``layerdrop`` (skips whole layers).
+_DROPOUT_NAME = re.compile(r"dropout|pdrop|layerdrop")
+
+
+def _zero_dropout_floats(obj) -> None:
+    for name, value in list(vars(obj).items()):
+        if isinstance(value, float) and value > 0 and _DROPOUT_NAME.search(name):
+            setattr(obj, name, 0.0)
+
+
 def disable_dropout(module: nn.Module) -> None:
-    """Set every dropout probability to 0: PPO's probability ratios must not be noised by dropout."""
+    """Set every dropout probability to 0: PPO's probability ratios must not be noised by dropout.
+
+    ``nn.Dropout`` modules get ``p = 0``; float attributes named like dropout probabilities are zeroed
+    on every submodule (attention modules copy ``config.attention_dropout`` at init and pass it to
+    functional dropout in training mode) and on every config. ``eval()`` would switch dropout off
+    too, but it also turns gradient checkpointing off, so it is not relied on.
+    """
     for m in module.modules():
         if isinstance(m, nn.Dropout):
             m.p = 0.0
+        _zero_dropout_floats(m)
+        config = getattr(m, "config", None)  # engines (DeepSpeed) keep other kinds of ``config`` too
+        if isinstance(config, PretrainedConfig):
+            _zero_dropout_floats(config)

@@ -50,7 +50,7 @@ def test_mlflow_and_trackio_get_the_same_metrics(tmp_path, monkeypatch, name):
 
 def test_missing_tracker_package_names_what_to_install(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "mlflow", None)
-    with pytest.raises(ImportError, match=r"--report_to mlflow needs the 'mlflow' package.*pip install mlflow"):
+    with pytest.raises(ImportError, match=r'--report_to mlflow needs mlflow, which is not installed: pip install "minichatgpt\[mlflow\]"'):
         build_trackers(["mlflow"], "sft", str(tmp_path), {})
     assert build_trackers(["none"], "sft", str(tmp_path), {}) == []
     with pytest.raises(ValueError, match="unknown tracker"):

@@ -1,4 +1,9 @@
-"""PyTorch FSDP2 (``fully_shard``): parameters, gradients and optimizer state sharded over ranks (ZeRO-3)."""
+"""PyTorch FSDP2 (``fully_shard``): parameters, gradients and optimizer state sharded over ranks (ZeRO-3).
+
+FSDP2's public API (``torch.distributed.fsdp.fully_shard``) needs torch >= 2.6. It is imported when a strategy
+is built, not with this module, so ``import minichatgpt`` and the other strategies work on the older torch of
+the ColossalAI environment (torch<=2.5.1).
+"""
 
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
@@ -7,12 +12,10 @@ from typing import Callable, Dict, List, Optional, Union
 import torch
 import torch.nn as nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, set_model_state_dict
-from torch.distributed.fsdp import (CPUOffloadPolicy, FSDPModule, MixedPrecisionPolicy, fully_shard,
-                                    register_fsdp_forward_method)
-from torch.distributed.tensor import DTensor
 from torch.optim import Optimizer
 from torch.utils.data import DataLoader, Dataset
 
+from ...extras import MissingDependency
 from .base import Strategy
 from .utils import (broadcast_module, check_sharded_save, default_device, distributed_dataloader, join_process_group,
                     load_object, load_state_dict, prepare_models, rank_path, save_object, save_state_dict, set_seed,
@@ -42,6 +45,22 @@ class FSDPOptions:
     param_dtype: Union[str, torch.dtype, None] = None
     reduce_dtype: Union[str, torch.dtype, None] = None
     reshard_after_forward: bool = True
+
+
+def fsdp2():
+    """The ``torch.distributed.fsdp`` module with FSDP2's public API, or ``MissingDependency`` on torch < 2.6."""
+    import torch.distributed.fsdp as fsdp
+
+    if not hasattr(fsdp, "fully_shard"):
+        raise MissingDependency(f"FSDPStrategy (--strategy fsdp) needs torch>=2.6 for FSDP2's fully_shard, found "
+                                f"torch {torch.__version__}: pip install 'torch>=2.6', or use ddp or deepspeed_*")
+    return fsdp
+
+
+def _dtensor():
+    from torch.distributed.tensor import DTensor  # public from torch 2.5; only reached once fsdp2() passed
+
+    return DTensor
 
 
 def _as_dtype(dtype: Union[str, torch.dtype, None]) -> Optional[torch.dtype]:
@@ -74,6 +93,7 @@ class FSDPStrategy(Strategy):
     shards_parameters = True
 
     def __init__(self, seed: int = 42, **options):
+        fsdp2()  # fail here, before any process group, on a torch without FSDP2
         self.options = FSDPOptions(**options)
         self.seed = seed
         self._device = default_device()
@@ -91,20 +111,20 @@ class FSDPStrategy(Strategy):
         return nullcontext()
 
     def _shard(self, model: nn.Module) -> nn.Module:
-        opts = self.options
+        opts, fsdp = self.options, fsdp2()
         model = model.to(self.device)
         broadcast_module(model)
-        kwargs = {"mp_policy": MixedPrecisionPolicy(param_dtype=_as_dtype(opts.param_dtype),
-                                                    reduce_dtype=_as_dtype(opts.reduce_dtype or opts.param_dtype))}
+        kwargs = {"mp_policy": fsdp.MixedPrecisionPolicy(
+            param_dtype=_as_dtype(opts.param_dtype), reduce_dtype=_as_dtype(opts.reduce_dtype or opts.param_dtype))}
         if opts.cpu_offload:
-            kwargs["offload_policy"] = CPUOffloadPolicy(pin_memory=self.device.type == "cuda")
+            kwargs["offload_policy"] = fsdp.CPUOffloadPolicy(pin_memory=self.device.type == "cuda")
         for block in transformer_blocks(model):
-            fully_shard(block, reshard_after_forward=opts.reshard_after_forward, **kwargs)
+            fsdp.fully_shard(block, reshard_after_forward=opts.reshard_after_forward, **kwargs)
         # The root's parameters are needed again right away by backward: keep them after forward.
-        fully_shard(model, reshard_after_forward=False, **kwargs)
+        fsdp.fully_shard(model, reshard_after_forward=False, **kwargs)
         if callable(getattr(model, "generate", None)):
             # Run the root's FSDP hooks around generate too, which calls the inner model, not forward.
-            register_fsdp_forward_method(model, "generate")
+            fsdp.register_fsdp_forward_method(model, "generate")
         return model
 
     def prepare(self, *models):
@@ -129,7 +149,7 @@ class FSDPStrategy(Strategy):
 
     def clip_grad_norm(self, model: nn.Module, optimizer: Optimizer, max_norm: float) -> torch.Tensor:
         norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
-        return norm.full_tensor() if isinstance(norm, DTensor) else norm
+        return norm.full_tensor() if isinstance(norm, _dtensor()) else norm
 
     def optimizer_step(self, optimizer: Optimizer, model: nn.Module) -> None:
         optimizer.step()
@@ -147,7 +167,7 @@ class FSDPStrategy(Strategy):
     def gathered_params(self, model: nn.Module):
         # Gather every unit once and keep it gathered: forwards inside the context then need no
         # collectives, so ranks may run different numbers of them (generation that stops early).
-        units = [m for m in model.modules() if isinstance(m, FSDPModule)]
+        units = [m for m in model.modules() if isinstance(m, fsdp2().FSDPModule)]
         for unit in units:
             unit.set_reshard_after_forward(False, recurse=False)
             unit.unshard()
@@ -176,21 +196,21 @@ class FSDPStrategy(Strategy):
 
     def save_optimizer(self, optimizer: Optimizer, path: str, only_rank0: bool = False) -> None:
         check_sharded_save(only_rank0, type(self).__name__)
-        state = optimizer.state_dict()  # its per-parameter dicts are the live ones: build new ones
-        state["state"] = {index: {k: v.to_local().cpu() if isinstance(v, DTensor) else v for k, v in values.items()}
+        state, dtensor = optimizer.state_dict(), _dtensor()  # its per-parameter dicts are live: build new ones
+        state["state"] = {index: {k: v.to_local().cpu() if isinstance(v, dtensor) else v for k, v in values.items()}
                           for index, values in state["state"].items()}
         save_object(state, rank_path(path, self.rank))
         self.barrier()
 
     def load_optimizer(self, optimizer: Optimizer, path: str) -> None:
-        state = load_object(rank_path(path, self.rank))
+        state, dtensor = load_object(rank_path(path, self.rank)), _dtensor()
         params = [p for group in optimizer.param_groups for p in group["params"]]
         for index, values in state["state"].items():
             param = params[index]
-            if not isinstance(param, DTensor):
+            if not isinstance(param, dtensor):
                 continue
             for key, value in values.items():
                 if torch.is_tensor(value) and value.shape == param.to_local().shape:
-                    values[key] = DTensor.from_local(value.to(param.device), param.device_mesh, param.placements,
+                    values[key] = dtensor.from_local(value.to(param.device), param.device_mesh, param.placements,
                                                      shape=param.shape, stride=param.stride())
         optimizer.load_state_dict(state)

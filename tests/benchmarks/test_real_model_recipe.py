@@ -1,0 +1,34 @@
+"""``benchmarks/real_model_recipe.sh --smoke``: the SmolLM2 recipe end to end in seconds-size stages."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import SHARED, SHARED_DATA, SMOLLM2_GGUF, requires_shared
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+@pytest.mark.slow
+@requires_shared(SMOLLM2_GGUF)
+@requires_shared(os.path.join(SHARED_DATA, "instruction_data_with_preference.json"))
+def test_real_model_recipe_smoke(tmp_path):
+    out = tmp_path / "recipe"
+    env = {**os.environ, "SHARED": os.path.abspath(SHARED), "PYTHON": sys.executable, "PYTHONPATH": ROOT,
+           "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(["bash", os.path.join(ROOT, "benchmarks", "real_model_recipe.sh"), "--smoke", "--out",
+                           str(out)], env=env, capture_output=True, text=True, timeout=1800)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    stages = [line.split("\t")[0] for line in (out / "stages.tsv").read_text().splitlines()[1:]]
+    assert stages == ["split", "sft", "rm_proxy", "rm_gold", "ppo", "eval"]
+    parts = {name: {json.dumps(json.loads(line)) for line in (out / "data" / f"{name}.jsonl").read_text().splitlines()}
+             for name in ("proxy", "gold", "heldout")}
+    assert not (parts["proxy"] & parts["gold"]) and not (parts["heldout"] & (parts["proxy"] | parts["gold"]))
+    results = json.loads((out / "eval" / "results.json").read_text())
+    assert [row["model"] for row in results["reward_models"]] == ["proxy", "gold"]
+    (duel,) = results["win_rates"]
+    assert (duel["policy"], duel["baseline"], duel["count"]) == ("ppo", "sft", 4) and duel["kl"] is not None
+    assert (out / "eval" / "report.png").exists() and (out / "eval" / "report.md").exists()

@@ -1,0 +1,88 @@
+"""``minichatgpt eval`` end to end on tiny saved models: JSON, Markdown, PNG; errors name the flag."""
+
+import json
+import math
+
+import pytest
+
+from minichatgpt import cli
+
+PROMPTS = [{"instruction": f"describe the {w}"} for w in ("cat", "dog", "cake", "city", "soup")]
+PAIRS = [{"prompt": f"describe the {w}", "chosen": "sweet and gentle", "rejected": "boring", "subset": s}
+         for w, s in (("cat", "a"), ("dog", "a"), ("cake", "b"), ("city", "b"), ("soup", "b"), ("bread", "a"))]
+
+
+@pytest.fixture()
+def files(tmp_path):
+    paths = {}
+    for name, records in (("prompts", PROMPTS), ("pairs", PAIRS), ("text", [{"text": "the cat is sweet"}] * 3)):
+        paths[name] = tmp_path / f"{name}.jsonl"
+        paths[name].write_text("".join(json.dumps(r) + "\n" for r in records))
+    return {k: str(v) for k, v in paths.items()}
+
+
+def test_eval_writes_json_markdown_and_png(eval_model_dirs, files, tmp_path):
+    out = tmp_path / "eval"
+    rc = cli.main(["eval", "--output_dir", str(out), "--reward_model", f"proxy={eval_model_dirs['rm']}",
+                   "--pairs", files["pairs"], "--policy", f"ppo={eval_model_dirs['lm2']}",
+                   "--baseline", f"sft={eval_model_dirs['lm']}", "--prompts", files["prompts"],
+                   "--judge_rm", eval_model_dirs["rm"], "--text", files["text"], "--max_new_tokens", "4",
+                   "--batch_size", "2", "--split", files["pairs"], "--split_parts", "x=2,y=0.5"])
+    assert rc == 0
+    results = json.loads((out / "results.json").read_text())
+    (rm_row,) = results["reward_models"]
+    assert rm_row["model"] == "proxy" and list(rm_row["subsets"]) == ["all", "a", "b"]
+    assert rm_row["subsets"]["all"]["count"] == len(PAIRS)
+    (duel,) = results["win_rates"]
+    assert (duel["policy"], duel["baseline"], duel["count"]) == ("ppo", "sft", len(PROMPTS))
+    assert duel["win_rate"] + duel["tie_rate"] + duel["loss_rate"] == pytest.approx(1.0)
+    assert math.isfinite(duel["kl"]) and 0 <= duel["length_controlled"]["lc_win_rate"] <= 1
+    assert {"policy_mean_score", "baseline_mean_score"} == set(duel["judge"])
+    assert {row["model"] for row in results["perplexity"]} == {"ppo", "sft"}
+    assert results["split"]["x"]["records"] == 2 and results["split"]["y"]["records"] == 3
+    report = (out / "report.md").read_text()
+    assert "| proxy | pairs.jsonl | b | 3 |" in report and "| ppo | sft | RM " in report
+    assert (out / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    samples = [json.loads(line) for line in (out / "win_rate_samples.jsonl").read_text().splitlines()]
+    assert [s["prompt"] for s in samples] == [p["instruction"] for p in PROMPTS]
+
+
+def test_a_policy_against_itself_ties_everything_with_zero_kl(eval_model_dirs, files, tmp_path):
+    """Same weights, same sampling flags and seed: identical answers, so the LLM judge is not even asked."""
+    out = tmp_path / "self"
+    rc = cli.main(["eval", "--output_dir", str(out), "--policy", eval_model_dirs["lm"], "--baseline",
+                   eval_model_dirs["lm"], "--prompts", files["prompts"], "--judge_lm", eval_model_dirs["lm2"],
+                   "--max_new_tokens", "4", "--batch_size", "3"])
+    assert rc == 0
+    (duel,) = json.loads((out / "results.json").read_text())["win_rates"]
+    assert duel["tie_rate"] == 1.0 and duel["win_rate_ties_half"] == 0.5
+    assert abs(duel["kl"]) < 1e-4 and duel["policy_length_tokens"] == duel["baseline_length_tokens"]
+    assert {"position_bias", "order_agreement"} <= set(duel["judge"])
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--pairs", "missing.jsonl", "--reward_model", "RM"], "--pairs 'missing.jsonl': no such file"),
+    (["--reward_model", "RM"], "--reward_model needs --pairs"),
+    (["--policy", "LM", "--baseline", "LM", "--prompts", "PROMPTS"], "--policy needs a judge"),
+    (["--policy", "LM", "--prompts", "PROMPTS", "--judge_rm", "RM"], "--policy needs --baseline"),
+    (["--policy", "./nowhere/model", "--baseline", "LM", "--prompts", "PROMPTS", "--judge_rm", "RM"],
+     "--policy './nowhere/model' does not exist"),
+    (["--split", "PROMPTS", "--split_parts", "a=-1"], "--split_parts 'a=-1'"),
+    (["--reward_model", "LM", "--pairs", "PROMPTS"], "has no reward head"),
+    (["--policy", "LM", "--baseline", "LM", "--prompts", "PROMPTS", "--judge_rm", "LM"], "--judge_rm"),
+    ([], "nothing to evaluate"),
+])
+def test_errors_name_the_flag(eval_model_dirs, files, tmp_path, capsys, extra, message):
+    names = {"RM": eval_model_dirs["rm"], "LM": eval_model_dirs["lm"], "PROMPTS": files["prompts"]}
+    argv = ["eval", "--output_dir", str(tmp_path / "err")] + [names.get(a, a) for a in extra]
+    assert cli.main(argv) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_help_documents_the_methods(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["eval", "--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    for phrase in ("--judge_lm", "both orders", "Wilson", "length-controlled", "--split_parts", "perplexity"):
+        assert phrase in text
