@@ -15,7 +15,7 @@ import torch.nn as nn
 from transformers import PreTrainedTokenizerBase
 
 from ..nn.generation import cache_argument
-from ..tokenizer import Message, format_prompt, has_chat_template
+from ..tokenizer import Message, encode_prompt, leading_special_ids, plain_text_ids
 
 DEFAULT_CONTEXT_WINDOW = 2048
 PREFIX_CONTEXT_TOKENS = 4  # prompt tokens decoded with the first reply tokens, for their leading space
@@ -86,15 +86,18 @@ def stop_token_ids(model: nn.Module, tokenizer: PreTrainedTokenizerBase) -> Set[
 def encode_chat(tokenizer: PreTrainedTokenizerBase, messages: Sequence[Message]) -> List[int]:
     """Token ids of a conversation awaiting the assistant's reply (chat template or plain format).
 
-    A chat template writes its own BOS, so special tokens are only added for the plain format.
+    Special-token text inside messages is plain text (see :func:`minichatgpt.tokenizer.encode_prompt`).
+
+    Raises:
+        ValueError: a message holds special-token text that the chat template makes impossible to isolate.
     """
-    text = format_prompt(tokenizer, messages)
-    return tokenizer(text, add_special_tokens=not has_chat_template(tokenizer))["input_ids"]
+    return encode_prompt(tokenizer, messages)
 
 
 def encode_text(tokenizer: PreTrainedTokenizerBase, text: str) -> List[int]:
-    """Token ids of a raw completion prompt."""
-    return tokenizer(text)["input_ids"]
+    """Token ids of a raw completion prompt: the tokenizer's leading specials (BOS), then the text as
+    plain text (``"<|endoftext|>"`` typed in a prompt is text, not the special token)."""
+    return leading_special_ids(tokenizer) + plain_text_ids(tokenizer, text)
 
 
 def fit_messages(tokenizer: PreTrainedTokenizerBase, messages: Sequence[Message],
