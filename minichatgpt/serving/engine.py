@@ -18,6 +18,7 @@ from ..nn.generation import cache_argument
 from ..tokenizer import Message, encode_prompt, leading_special_ids, plain_text_ids
 
 DEFAULT_CONTEXT_WINDOW = 2048
+MIN_TEMPERATURE = 1e-4  # below this, sampling is greedy decoding (see sample_next_token)
 PREFIX_CONTEXT_TOKENS = 4  # prompt tokens decoded with the first reply tokens, for their leading space
 _WINDOW_FIELDS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length", "n_ctx")
 
@@ -134,16 +135,19 @@ def sample_next_token(logits: torch.Tensor, temperature: float, top_p: float,
     """Pick the next token from (V,) logits: greedy at temperature 0, else nucleus sampling.
 
     Nucleus (top-p) sampling (Holtzman et al., arXiv:1904.09751) keeps the smallest set of most likely
-    tokens whose probability mass reaches ``top_p``; the most likely token is always kept.
+    tokens whose probability mass reaches ``top_p``; the most likely token is always kept. Temperatures
+    below ``MIN_TEMPERATURE`` decode greedily: dividing logits by them overflows to inf (then NaN).
     """
-    if temperature <= 0:
+    if temperature < MIN_TEMPERATURE:
         return int(logits.argmax())
     probs = torch.softmax(logits.float() / temperature, dim=-1)  # (V,)
     if top_p >= 1.0:
         return int(torch.multinomial(probs, 1, generator=generator))
     sorted_probs, order = probs.sort(descending=True)  # (V,), (V,)
     mass_before = sorted_probs.cumsum(-1) - sorted_probs
-    sorted_probs = sorted_probs.masked_fill(mass_before >= top_p, 0.0)
+    drop = mass_before >= top_p  # (V,); a top_p below float32's range (1e-46) would drop every token
+    drop[0] = False
+    sorted_probs = sorted_probs.masked_fill(drop, 0.0)
     return int(order[torch.multinomial(sorted_probs, 1, generator=generator)])
 
 
