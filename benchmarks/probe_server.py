@@ -3,7 +3,7 @@
     python benchmarks/probe_server.py                 # a tiny GPT-2 (word tokenizer, 128-token window)
     python benchmarks/probe_server.py --model DIR
 
-The server is started here on 127.0.0.1 (a free port, ``--max_new_tokens 16 --max_queue 2 --threads 1``,
+The server is started here on 127.0.0.1 (a free port, ``--max_new_tokens 100 --max_queue 2 --threads 1``,
 ``MINICHATGPT_API_KEY=probe-key``) and stopped at the end. Each probe is one bounded request (or a few);
 RSS is the server's resident memory (``/proc/PID/status``) before and after the probe.
 """
@@ -34,9 +34,12 @@ def free_port() -> int:
 
 
 def tiny_model(directory: str) -> str:
+    import torch
+
     from minichatgpt.demo import build_word_tokenizer
     from minichatgpt.nn import load_model
 
+    torch.manual_seed(0)
     tokenizer = build_word_tokenizer()
     config = dict(model_type="gpt2", n_layer=2, n_embd=32, n_head=2, n_positions=128, vocab_size=len(tokenizer),
                   pad_token_id=0, bos_token_id=2, eos_token_id=2)
@@ -84,13 +87,13 @@ def raw_post(port: int, headers: dict, chunks=(), timeout: float = 30.0):
 
 
 def chat(content="describe the cat", **extra):
-    return {"messages": [{"role": "user", "content": content}], "max_tokens": 4, **extra}
+    return {"messages": [{"role": "user", "content": content}], "max_tokens": 4, "temperature": 0, **extra}
 
 
 def probes(url: str, port: int, pid: int):
     """(item, probe, callable returning (status, note)) for every probe."""
-    def post(body, path="/v1/chat/completions", headers=AUTH, **kw):
-        return httpx.post(url + path, json=body, headers=headers, timeout=120, **kw)
+    def post(body, path="/v1/chat/completions", headers=AUTH, timeout=120.0):
+        return httpx.post(url + path, json=body, headers=headers, timeout=timeout)
 
     def status(response):
         error = response.json().get("error") if response.headers.get("content-type", "").startswith(
@@ -158,9 +161,9 @@ def probes(url: str, port: int, pid: int):
         ("8", "chunked body, up to 1 GiB offered", lambda: (lambda r: (r[0], f"{r[1]:.0f} MiB sent"))(
             raw_post(port, {"Transfer-Encoding": "chunked"}, chunked))),
         ("8", "7.8 MB completion prompt", huge_prompt),
-        ("8", "max_tokens 100 (--max_new_tokens 16)", lambda: (lambda r: (str(r.status_code), "completion_tokens="
-                                                                         f"{r.json()['usage']['completion_tokens']}"))(
-            post({"prompt": "the cat is", "max_tokens": 100}, "/v1/completions"))),
+        ("8", "max_tokens 120 (--max_new_tokens 100)", lambda: (lambda r: (str(r.status_code), "completion_tokens="
+                                                                           f"{r.json()['usage']['completion_tokens']}"))(
+            post({"prompt": "the cat is", "max_tokens": 120, "temperature": 0}, "/v1/completions"))),
         ("9", "temperature 1e-45", lambda: status(post(chat(temperature=1e-45)))),
         ("9", "top_p 1e-46", lambda: status(post(chat(temperature=1.0, top_p=1e-46)))),
         ("9", "seed 2**70", lambda: status(post(chat(temperature=1.0, seed=2 ** 70)))),
@@ -187,7 +190,7 @@ def main() -> None:
                    PYTHONPATH=os.pathsep.join([os.environ.get("PYTHONPATH", ""), REPO_ROOT]))
         with open(log_path, "w") as log:
             server = subprocess.Popen([sys.executable, "-m", "minichatgpt.serving.cli", "serve", "--model", model,
-                                       "--device", "cpu", "--port", str(port), "--max_new_tokens", "16",
+                                       "--device", "cpu", "--port", str(port), "--max_new_tokens", "100",
                                        "--max_queue", "2", "--threads", "1", "--log_level", "info"],
                                       stdout=log, stderr=subprocess.STDOUT, env=env)
         url = f"http://127.0.0.1:{port}"
@@ -208,8 +211,11 @@ def main() -> None:
                 seconds, after = time.monotonic() - started, rss_mib(server.pid)
                 time.sleep(0.3)
                 with open(log_path) as f:
-                    new = [line for line in f.read()[log_start:].splitlines() if "HTTP/1.1" not in line]
+                    new = [line for line in f.read()[log_start:].splitlines()
+                           if "HTTP/1.1" not in line and "attention_mask" not in line]
                 logged = f"{len(new)} line(s), {sum('Traceback' in x for x in new)} traceback(s)" if new else ""
+                if len(new) == 1:
+                    logged = new[0].strip()[:90].replace("|", "/")
                 print(f"| {item} | {name} | {code} | {seconds:.2f} | {before:.0f} -> {after:.0f} | {note} | {logged} |",
                       flush=True)
         finally:

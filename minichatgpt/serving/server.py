@@ -222,4 +222,10 @@ def serve(app: FastAPI, host: str = "127.0.0.1", port: int = 8000, log_level: st
     """Run ``app`` with uvicorn until interrupted (loopback only unless ``host`` says otherwise)."""
     import uvicorn
 
+    logger = logging.getLogger("minichatgpt.serving")  # one line per event, in uvicorn's format
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s:     %(message)s"))
+        logger.addHandler(handler)
+    logger.setLevel(log_level.upper())
     uvicorn.run(app, host=host, port=port, log_level=log_level)
