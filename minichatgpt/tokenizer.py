@@ -116,7 +116,7 @@ def render_prompt(tokenizer: PreTrainedTokenizerBase, messages: Sequence[Message
         text = _apply_template(tokenizer, messages)
         spans = []
     pattern = special_token_pattern(tokenizer)
-    if pattern is None or not any(pattern.search(m["content"] or "") for m in messages):
+    if pattern is None or not any(isinstance(m["content"], str) and pattern.search(m["content"]) for m in messages):
         return RenderedPrompt(text)
     if has_chat_template(tokenizer):
         spans = _template_spans(tokenizer, messages, text)
@@ -147,14 +147,17 @@ def _template_spans(tokenizer: PreTrainedTokenizerBase, messages: Sequence[Messa
     indices = [int(s.group(1)) for s in slots]
     pieces = _SENTINEL.split(skeleton)[::2]  # template text around the placeholders, len(slots) + 1
     contents = [messages[i]["content"] for i in indices]
-    if "".join(p + c for p, c in zip(pieces, contents)) + pieces[-1] != text:
+    exact = all(isinstance(c, str) for c in contents) and \
+        "".join(map("".join, zip(pieces, contents))) + pieces[-1] == text
+    if not exact:
         for k, i in enumerate(indices):  # the template rewrites some text: find each message's form alone
             alone = render({i: messages[i]["content"]})
             head, rest = "".join(p + s.group() for p, s in zip(pieces, slots[:k])) + pieces[k], \
                 skeleton[slots[k].end():]
-            if indices.count(i) != 1 or not (alone.startswith(head) and alone.endswith(rest)):
-                raise ValueError(f"messages[{i}] contains special-token text and the chat template rewrites "
-                                 f"message text, so it cannot be kept apart from the template's own tokens")
+            if indices.count(i) != 1 or len(alone) < len(head) + len(rest) or not (
+                    alone.startswith(head) and alone.endswith(rest)):
+                raise ValueError(f"the chat template changes its own text with what messages[{i}] says, so "
+                                 f"special-token text in the messages cannot be kept apart from its tokens")
             contents[k] = alone[len(head):len(alone) - len(rest)]
         if "".join(p + c for p, c in zip(pieces, contents)) + pieces[-1] != text:
             raise ValueError("the chat template renders messages differently together than alone; special-token "

@@ -64,8 +64,8 @@ def host_allowed(host: Optional[str], allowed: Tuple[str, ...]) -> bool:
 
 def key_matches(authorization: Optional[str], api_key: str) -> bool:
     """Constant-time check of an ``Authorization: Bearer <key>`` header."""
-    scheme, _, token = (authorization or "").partition(" ")
-    return hmac.compare_digest(token.strip().encode(), api_key.encode()) and scheme.lower() == "bearer"
+    scheme, _, token = (authorization or "").partition(" ")  # header text was decoded as latin-1: back to bytes
+    return hmac.compare_digest(token.strip().encode("latin-1"), api_key.encode()) and scheme.lower() == "bearer"
 
 
 class RequestGuard:
