@@ -59,7 +59,9 @@ def one_request(url: str, i: int, max_tokens: int) -> dict:
             "max_tokens": max_tokens, "temperature": 0, "stream": True, "stream_options": {"include_usage": True}}
     start = time.perf_counter()
     first, tokens = None, 0
-    with httpx.stream("POST", url + "/v1/chat/completions", json=body, timeout=600) as response:
+    key = os.environ.get("MINICHATGPT_API_KEY")  # the server reads it too
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    with httpx.stream("POST", url + "/v1/chat/completions", json=body, headers=headers, timeout=600) as response:
         response.raise_for_status()
         for line in response.iter_lines():
             if not line.startswith("data: ") or line == "data: [DONE]":

@@ -10,6 +10,10 @@ Special tokens: the tokenizer's leading specials (LLaMA's ``<s>``, OPT's ``</s>`
 put once at the start of a sequence, unless the rendered text already begins with them, as chat
 templates that write ``{{ bos_token }}`` do. Every response ends with the EOS id, appended as an id so
 it cannot be split or merged by the tokenizer.
+
+Message text never yields special tokens (role injection): responses are tokenized with special-token
+text as plain text, and prompts through :func:`minichatgpt.tokenizer.encode_rendered`, which keeps only
+the template's own control tokens special.
 """
 
 import warnings
@@ -20,23 +24,14 @@ from transformers import PreTrainedTokenizerBase
 
 from minichatgpt.data.fields import invalid_field
 from minichatgpt.data.readers import DataError
-from minichatgpt.tokenizer import Message, format_prompt, format_response, turn_end_token
+from minichatgpt.tokenizer import (Message, RenderedPrompt, encode_rendered, format_response,
+                                   leading_special_ids, plain_text_ids, render_prompt, turn_end_token)
 
 
 def check_max_len(max_len: int) -> int:
     if isinstance(max_len, bool) or not isinstance(max_len, int) or max_len < 2:
         raise ValueError(f"max_len must be an int >= 2, got {max_len!r}")
     return max_len
-
-
-def leading_special_ids(tokenizer: PreTrainedTokenizerBase) -> List[int]:
-    """The ids the tokenizer puts before any text when asked to add special tokens (e.g. ``[bos]``)."""
-    with_specials = tokenizer("a", add_special_tokens=True)["input_ids"]
-    plain = tokenizer("a", add_special_tokens=False)["input_ids"]
-    for start in range(len(with_specials) - len(plain) + 1):
-        if with_specials[start:start + len(plain)] == plain:
-            return with_specials[:start]
-    return []
 
 
 class Encoder:
@@ -64,16 +59,23 @@ class Encoder:
             return self.prefix_ids + ids
         return ids
 
-    def render_prompt(self, messages: Sequence[Message], where: str) -> str:
-        """``format_prompt`` with chat-template failures (e.g. "roles must alternate") as DataError."""
+    def rendered_ids(self, rendered: RenderedPrompt, start: bool = False) -> List[int]:
+        """:meth:`text_ids` of rendered prompt text whose message spans yield no special tokens."""
+        ids = encode_rendered(self.tokenizer, rendered) if rendered.text else []
+        if start and self.prefix_ids and not rendered.text.startswith(self.prefix_text):
+            return self.prefix_ids + ids
+        return ids
+
+    def render_prompt(self, messages: Sequence[Message], where: str) -> RenderedPrompt:
+        """``render_prompt`` with chat-template failures (e.g. "roles must alternate") as DataError."""
         try:
-            return format_prompt(self.tokenizer, messages)
-        except TemplateError as err:
+            return render_prompt(self.tokenizer, messages)
+        except (TemplateError, ValueError) as err:
             raise DataError(f"{where}: the chat template rejected this conversation ({err})") from err
 
     def prompt_ids(self, messages: Sequence[Message], where: str) -> List[int]:
         """(T_prompt,) ids of the prompt that awaits the assistant's reply to ``messages``."""
-        return self.text_ids(self.render_prompt(messages, where), start=True)
+        return self.rendered_ids(self.render_prompt(messages, where), start=True)
 
     def response_text(self, response: str) -> str:
         """The text that follows the prompt for an assistant reply, without the EOS token."""
@@ -82,7 +84,7 @@ class Encoder:
 
     def response_ids(self, response: str) -> List[int]:
         """(T_response,) ids of an assistant reply as it follows its prompt, EOS id last."""
-        return self.text_ids(self.response_text(response)) + [self.eos_token_id]
+        return plain_text_ids(self.tokenizer, self.response_text(response)) + [self.eos_token_id]
 
     def document_ids(self, text: str) -> List[int]:
         """Ids of a pretraining document: leading specials, the text, EOS (the document boundary)."""
@@ -109,19 +111,19 @@ class Encoder:
         rendered = ""  # the text equivalent of ``ids``, without the EOS ids
         for k in turns:
             prompt = self.render_prompt(messages[:k], where)
-            if not prompt.startswith(rendered):
+            if not prompt.text.startswith(rendered):
                 # The template rewrites earlier turns (some drop past reasoning, some renumber):
                 # the turns cannot share one sequence, so only the last one is trained on.
                 self._warn_unstable_template(where)
                 return self._single_turn(messages, turns[-1], where)
-            context = prompt[len(rendered):]
-            if ids and context.startswith(self.eos_token):
-                context = context[len(self.eos_token):]
-            context_ids = self.text_ids(context, start=not ids)
+            context = prompt.tail(len(rendered))
+            if ids and context.text.startswith(self.eos_token):
+                context = context.tail(len(self.eos_token))
+            context_ids = self.rendered_ids(context, start=not ids)
             response = self.response_ids(messages[k]["content"])
             ids += context_ids + response
             is_response += [False] * len(context_ids) + [True] * len(response)
-            rendered = prompt + self.response_text(messages[k]["content"])
+            rendered = prompt.text + self.response_text(messages[k]["content"])
         return ids, is_response
 
     def _single_turn(self, messages: Sequence[Message], k: int, where: str) -> Tuple[List[int], List[bool]]:

@@ -8,7 +8,7 @@ import torch
 from ..data import PromptCollator
 from ..functional import compute_kl, log_probs_from_logits
 from ..nn import Actor, RewardModel
-from ..tokenizer import format_prompt, stop_token_ids
+from ..tokenizer import encode_rendered, render_prompt, stop_token_ids
 
 
 @torch.no_grad()
@@ -32,9 +32,8 @@ def evaluate_policy(actor: Actor, tokenizer, conversations: List[List[dict]], re
     for start in range(0, len(conversations), batch_size):
         chunk = conversations[start:start + batch_size]
         texts = [conversation[-1]["content"] for conversation in chunk]
-        formatted = [format_prompt(tokenizer, conversation) for conversation in chunk]
-        batch = collate([{"input_ids": torch.tensor(tokenizer(f, add_special_tokens=False).input_ids)}
-                         for f in formatted])
+        batch = collate([{"input_ids": torch.tensor(encode_rendered(tokenizer, render_prompt(tokenizer, c)))}
+                         for c in chunk])
         rollout = actor.generate(batch["input_ids"].to(device), batch["attention_mask"].to(device),
                                  max_new_tokens=max_new_tokens, eos_token_id=stop_ids,
                                  pad_token_id=tokenizer.pad_token_id, generator=generator)

@@ -24,7 +24,9 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
                         help="compute dtype (auto: bfloat16/float16 on CUDA, float32 on CPU)")
     parser.add_argument("--temperature", type=float, default=0.7, help="0 for greedy decoding")
     parser.add_argument("--top_p", type=float, default=1.0, help="nucleus sampling mass in (0, 1]")
-    parser.add_argument("--max_new_tokens", type=int, default=256, help="most tokens per reply")
+    parser.add_argument("--max_new_tokens", type=int, default=256,
+                        help="most tokens per reply (serve: also the cap on a request's max_tokens; larger "
+                             "requests are lowered to it)")
     parser.add_argument("--max_context", type=int, default=None,
                         help="context window override (default: the model's)")
     parser.add_argument("--threads", type=int, default=None,
@@ -65,18 +67,36 @@ def run_chat_command(args: argparse.Namespace) -> None:
     run_chat(model, tokenizer, options=options, system_prompt=args.system, max_context_tokens=args.max_context)
 
 
+def _names(value: Optional[str]) -> tuple:
+    return tuple(name.strip() for name in (value or "").split(",") if name.strip())
+
+
+def guard_config(args: argparse.Namespace):
+    """The server's guard from the command line: API key (or ``$MINICHATGPT_API_KEY``), Host names, CORS.
+
+    The bound address is an allowed Host name too, unless it is a wildcard (0.0.0.0, ::).
+    """
+    from .guard import API_KEY_ENV, LOOPBACK_HOSTS, GuardConfig
+
+    bound = () if args.host in ("0.0.0.0", "::", "") else (f"[{args.host}]" if ":" in args.host else args.host,)
+    return GuardConfig(api_key=args.api_key or os.environ.get(API_KEY_ENV) or None,
+                       allowed_hosts=tuple(dict.fromkeys(LOOPBACK_HOSTS + bound + _names(args.allowed_hosts))),
+                       cors_origins=_names(args.cors_origins))
+
+
 def run_serve_command(args: argparse.Namespace) -> None:
     require(("fastapi", "uvicorn"), "serve", "the HTTP server")
     from .server import create_app, serve
 
     options = _options(args)
+    guard = guard_config(args)
     model, tokenizer = _load(args)
     name = args.model_name or os.path.basename(os.path.normpath(args.model))
     app = create_app(model, tokenizer, name, default_options=options, max_queue=args.max_queue,
-                     max_context_tokens=args.max_context)
-    if args.host not in ("127.0.0.1", "localhost", "::1"):
-        print(f"warning: listening on {args.host}, reachable from other machines; there is no "
-              f"authentication", file=sys.stderr)
+                     max_context_tokens=args.max_context, guard=guard, max_prompt_chars=args.max_prompt_chars)
+    if args.host not in ("127.0.0.1", "localhost", "::1") and not guard.api_key:
+        print(f"warning: listening on {args.host}, reachable from other machines, without an API key "
+              f"(--api_key or $MINICHATGPT_API_KEY)", file=sys.stderr)
     serve(app, host=args.host, port=args.port, log_level=args.log_level)
 
 
@@ -96,6 +116,16 @@ def register(subparsers) -> None:
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--model_name", default=None, help="id reported by /v1/models (default: directory name)")
     serve.add_argument("--max_queue", type=int, default=64, help="waiting requests before 429")
+    serve.add_argument("--api_key", default=None,
+                       help="Bearer token required on every /v1 route (default: $MINICHATGPT_API_KEY; none: open). "
+                            "The environment variable keeps the key out of the process list")
+    serve.add_argument("--allowed_hosts", default=None,
+                       help="comma-separated Host names accepted besides localhost, 127.0.0.1, [::1] and --host "
+                            "(* accepts any; other Host headers get 421, against DNS rebinding)")
+    serve.add_argument("--cors_origins", default=None,
+                       help="comma-separated origins allowed to call the API from a browser (default: CORS off)")
+    serve.add_argument("--max_prompt_chars", type=int, default=None,
+                       help="longest prompt in characters, refused before tokenizing (default: 16 per context token)")
     serve.add_argument("--log_level", default="info", choices=("critical", "error", "warning", "info", "debug"))
     serve.set_defaults(func=run_serve_command)
 

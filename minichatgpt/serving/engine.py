@@ -15,10 +15,11 @@ import torch.nn as nn
 from transformers import PreTrainedTokenizerBase
 
 from ..nn.generation import cache_argument
-from ..tokenizer import Message, format_prompt, has_chat_template
+from ..tokenizer import Message, encode_prompt, leading_special_ids, plain_text_ids
 from ..tokenizer import stop_token_ids as reply_stop_ids
 
 DEFAULT_CONTEXT_WINDOW = 2048
+MIN_TEMPERATURE = 1e-4  # below this, sampling is greedy decoding (see sample_next_token)
 PREFIX_CONTEXT_TOKENS = 4  # prompt tokens decoded with the first reply tokens, for their leading space
 _WINDOW_FIELDS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length", "n_ctx")
 
@@ -81,15 +82,18 @@ def stop_token_ids(model: nn.Module, tokenizer: PreTrainedTokenizerBase) -> Set[
 def encode_chat(tokenizer: PreTrainedTokenizerBase, messages: Sequence[Message]) -> List[int]:
     """Token ids of a conversation awaiting the assistant's reply (chat template or plain format).
 
-    A chat template writes its own BOS, so special tokens are only added for the plain format.
+    Special-token text inside messages is plain text (see :func:`minichatgpt.tokenizer.encode_prompt`).
+
+    Raises:
+        ValueError: a message holds special-token text that the chat template makes impossible to isolate.
     """
-    text = format_prompt(tokenizer, messages)
-    return tokenizer(text, add_special_tokens=not has_chat_template(tokenizer))["input_ids"]
+    return encode_prompt(tokenizer, messages)
 
 
 def encode_text(tokenizer: PreTrainedTokenizerBase, text: str) -> List[int]:
-    """Token ids of a raw completion prompt."""
-    return tokenizer(text)["input_ids"]
+    """Token ids of a raw completion prompt: the tokenizer's leading specials (BOS), then the text as
+    plain text (``"<|endoftext|>"`` typed in a prompt is text, not the special token)."""
+    return leading_special_ids(tokenizer) + plain_text_ids(tokenizer, text)
 
 
 def fit_messages(tokenizer: PreTrainedTokenizerBase, messages: Sequence[Message],
@@ -126,16 +130,19 @@ def sample_next_token(logits: torch.Tensor, temperature: float, top_p: float,
     """Pick the next token from (V,) logits: greedy at temperature 0, else nucleus sampling.
 
     Nucleus (top-p) sampling (Holtzman et al., arXiv:1904.09751) keeps the smallest set of most likely
-    tokens whose probability mass reaches ``top_p``; the most likely token is always kept.
+    tokens whose probability mass reaches ``top_p``; the most likely token is always kept. Temperatures
+    below ``MIN_TEMPERATURE`` decode greedily: dividing logits by them overflows to inf (then NaN).
     """
-    if temperature <= 0:
+    if temperature < MIN_TEMPERATURE:
         return int(logits.argmax())
     probs = torch.softmax(logits.float() / temperature, dim=-1)  # (V,)
     if top_p >= 1.0:
         return int(torch.multinomial(probs, 1, generator=generator))
     sorted_probs, order = probs.sort(descending=True)  # (V,), (V,)
     mass_before = sorted_probs.cumsum(-1) - sorted_probs
-    sorted_probs = sorted_probs.masked_fill(mass_before >= top_p, 0.0)
+    drop = mass_before >= top_p  # (V,); a top_p below float32's range (1e-46) would drop every token
+    drop[0] = False
+    sorted_probs = sorted_probs.masked_fill(drop, 0.0)
     return int(order[torch.multinomial(sorted_probs, 1, generator=generator)])
 
 

@@ -3,277 +3,149 @@
 Endpoints: ``POST /v1/chat/completions``, ``POST /v1/completions`` (server-sent events when ``stream``
 is true), ``GET /v1/models``, ``GET /health``, ``GET /``.
 
-Concurrency: one generation worker thread owns the model and serves requests one at a time, first in,
-first out, from a bounded queue (no batching). Request handlers run on the event loop: they validate,
-tokenize and enqueue, then await the worker's text deltas. The model is therefore never run from two
-threads, and a slow reader cannot stall other requests longer than its own generation. A full queue
-answers 429; a client that goes away ends its generation at the next token.
+Layers, outside in: the guard (``guard.py``: Host, API key, Content-Type, body size, CORS), request
+validation (``protocol.py``: schemas, prompt size, sampling fields), prompt encoding on a helper thread
+(never on the event loop), then the generation worker (``worker.py``: one thread owns the model and
+serves requests first in, first out from a bounded queue; a full queue answers 429 with Retry-After).
+A client that goes away, streaming or not, ends its generation at the next token.
 
 Every client error is a 4xx with an OpenAI-style body ``{"error": {"message", "type", "param", "code"}}``.
 """
 
 import asyncio
-import copy
-import json
-import queue
-import re
-import threading
+import logging
 import time
-import uuid
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from importlib import resources
-from typing import AsyncIterator, List, Literal, Optional, Union
+from typing import List, Optional
 
 import torch.nn as nn
 from fastapi import FastAPI, Request
-from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
+from fastapi.responses import HTMLResponse, StreamingResponse
 from jinja2 import TemplateError
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from transformers import PreTrainedTokenizerBase
 
-from .engine import GenerationOptions, TextDelta, context_window, encode_chat, encode_text, stream_text
+from .engine import GenerationOptions, context_window, encode_chat, encode_text
+from .guard import GuardConfig, install_guard
+from .protocol import (APIError, ChatCompletionRequest, CompletionRequest, Sampling, invalid, message_text,
+                       parse_body, stop_strings)
+from .replies import Reply, events, generation_failed
+from .worker import GenerationWorker, Job
 
-MAX_BODY_BYTES = 8 * 2 ** 20
-MAX_STOP_STRINGS = 4
-
-
-class APIError(Exception):
-    """An error to send to the client as ``{"error": {...}}`` with an HTTP status."""
-
-    def __init__(self, status: int, message: str, param: Optional[str] = None, code: Optional[str] = None,
-                 kind: str = "invalid_request_error"):
-        super().__init__(message)
-        self.status, self.message, self.param, self.code, self.kind = status, message, param, code, kind
-
-    def body(self) -> dict:
-        return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}}
-
-    def response(self) -> JSONResponse:
-        return JSONResponse(self.body(), status_code=self.status)
+CHARS_PER_TOKEN_LIMIT = 16  # default prompt-character cap: this many characters per context-window token
+DISCONNECT_POLL_S = 0.1
+log = logging.getLogger("minichatgpt.serving")
 
 
-# ---- request schemas (strict: "1" is not a number, 1 is not a boolean; unknown fields are ignored) ----
+class Service:
+    """The API's work between the guard and the worker: validate, encode (off the event loop), queue, reply."""
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(strict=True, extra="ignore")
+    def __init__(self, model: nn.Module, tokenizer: PreTrainedTokenizerBase, model_name: str,
+                 defaults: GenerationOptions, max_queue: int, window: int, max_prompt_chars: int):
+        self.tokenizer, self.model_name, self.defaults, self.window = tokenizer, model_name, defaults, window
+        self.max_prompt_chars = max_prompt_chars
+        self.worker = GenerationWorker(model, tokenizer, max_queue)
+        self.encoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="minichatgpt-encode")
 
-
-class TextPart(_Strict):
-    type: Literal["text"]
-    text: str
-
-
-class ChatMessage(_Strict):
-    role: Literal["system", "developer", "user", "assistant"]
-    content: Union[str, List[TextPart]]
-
-
-class StreamOptions(_Strict):
-    include_usage: bool = False
-
-
-class _Sampling(_Strict):
-    model: Optional[str] = None
-    max_tokens: Optional[int] = Field(None, ge=1)
-    temperature: Optional[float] = Field(None, ge=0, le=2, allow_inf_nan=False)
-    top_p: Optional[float] = Field(None, gt=0, le=1, allow_inf_nan=False)
-    n: int = Field(1, ge=1, le=1)
-    stream: bool = False
-    stream_options: Optional[StreamOptions] = None
-    stop: Union[str, List[str], None] = None
-    seed: Optional[int] = None
-    logprobs: Union[bool, int, None] = None
-
-
-class ChatCompletionRequest(_Sampling):
-    messages: List[ChatMessage] = Field(min_length=1)
-    max_completion_tokens: Optional[int] = Field(None, ge=1)
-
-
-class CompletionRequest(_Sampling):
-    prompt: Union[str, List[str]]
-    echo: bool = False
-
-
-_TYPE_TAG = re.compile(r"^(str|int|float|bool|none|[a-z-]+\[.*\]|function-.*)$")
-
-
-def _validation_error(error: ValidationError) -> APIError:
-    # In a union the deepest error names the branch the client meant (a list of parts, not a string).
-    first = max(error.errors(), key=lambda e: len(e["loc"]))
-    if first["type"] == "json_invalid":
-        return APIError(400, f"the request body is not valid JSON: {first['msg']}", code="invalid_json")
-    param = ".".join(str(part) for part in first["loc"] if not _TYPE_TAG.match(str(part))) or None
-    message = first["msg"]
-    if first["type"] == "missing":
-        message = "field required"
-    if param == "n":
-        message = "only n=1 is supported"
-    return APIError(400, f"{param}: {message}" if param else message, param=param,
-                    code="missing_required_parameter" if first["type"] == "missing" else "invalid_value")
-
-
-async def _parse(request: Request, schema: type) -> BaseModel:
-    body = await request.body()
-    if len(body) > MAX_BODY_BYTES:
-        raise APIError(413, f"the request body is over {MAX_BODY_BYTES} bytes", code="request_too_large")
-    try:
-        return schema.model_validate_json(body)
-    except ValidationError as error:
-        raise _validation_error(error) from None
-
-
-# ---- the generation worker ----
-
-class Job:
-    """One request waiting for, or being served by, the worker; deltas cross to the event loop."""
-
-    def __init__(self, prompt_ids: List[int], options: GenerationOptions, loop: asyncio.AbstractEventLoop):
-        self.prompt_ids, self.options, self.loop = prompt_ids, options, loop
-        self.deltas: asyncio.Queue = asyncio.Queue()
-        self.cancelled = threading.Event()
-
-    def put(self, item: Union[TextDelta, BaseException]) -> None:
-        if not self.loop.is_closed():
-            self.loop.call_soon_threadsafe(self.deltas.put_nowait, item)
-
-    async def stream(self) -> AsyncIterator[TextDelta]:
-        """The reply's deltas, ending with the one that has a finish reason."""
-        while True:
-            item = await self.deltas.get()
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-            if item.finish_reason is not None:
-                return
-
-
-class GenerationWorker:
-    """The single thread that runs the model, serving queued jobs in arrival order."""
-
-    def __init__(self, model: nn.Module, tokenizer: PreTrainedTokenizerBase, max_queue: int):
-        self.model = model
-        # A private tokenizer: Rust-backed fast tokenizers must not be used from two threads at once,
-        # and the event loop keeps encoding prompts while this thread decodes.
-        self.tokenizer = copy.deepcopy(tokenizer)
-        self.jobs: queue.Queue = queue.Queue(maxsize=max_queue)
-        self.thread = threading.Thread(target=self._run, name="minichatgpt-generation", daemon=True)
-        self.thread.start()
-
-    def submit(self, job: Job) -> None:
+    async def encode(self, param: str, text_chars: int, encode, *args) -> List[int]:
+        """Prompt ids from ``encode(tokenizer, *args)`` on the encoding thread, after the character cap."""
+        if text_chars > self.max_prompt_chars:
+            raise APIError(400, f"{param}: the prompt is {text_chars} characters; this server takes at most "
+                                f"{self.max_prompt_chars}", param=param, code="context_length_exceeded")
         try:
-            self.jobs.put_nowait(job)
-        except queue.Full:
-            raise APIError(429, "the server is busy: too many requests are waiting; retry later",
-                           code="queue_full", kind="server_busy") from None
+            ids = await asyncio.get_running_loop().run_in_executor(self.encoder, encode, self.tokenizer, *args)
+        except TemplateError as error:
+            raise invalid(param, f"the chat template rejected them: {error}") from None
+        except (ValueError, UnicodeError) as error:  # special text a template cannot isolate; lone surrogates
+            raise invalid(param, str(error)) from None
+        if not ids:
+            raise invalid(param, "must not be empty")
+        return ids
 
-    def pending(self) -> int:
-        return self.jobs.qsize()
+    def options_for(self, body: Sampling, param: str, prompt_tokens: int,
+                    max_tokens: Optional[int]) -> GenerationOptions:
+        """Decoding options; ``max_tokens`` beyond the window is a 400, beyond ``max_new_tokens`` is lowered."""
+        if body.logprobs not in (None, False):
+            raise invalid("logprobs", "logprobs are not supported by this server")
+        if prompt_tokens >= self.window:
+            raise APIError(400, f"{param}: this model's maximum context length is {self.window} tokens, and the "
+                                f"prompt is {prompt_tokens} tokens; shorten it", param=param,
+                           code="context_length_exceeded")
+        if max_tokens is not None and prompt_tokens + max_tokens > self.window:
+            raise APIError(400, f"max_tokens: this model's maximum context length is {self.window} tokens; the "
+                                f"request asks for {prompt_tokens + max_tokens} ({prompt_tokens} in the prompt, "
+                                f"{max_tokens} for the completion); lower max_tokens", param="max_tokens",
+                           code="context_length_exceeded")
+        stop = stop_strings(body)
+        return GenerationOptions(
+            max_new_tokens=min(max_tokens or self.defaults.max_new_tokens, self.defaults.max_new_tokens,
+                               self.window - prompt_tokens),
+            temperature=self.defaults.temperature if body.temperature is None else body.temperature,
+            top_p=self.defaults.top_p if body.top_p is None else body.top_p,
+            stop=tuple(stop), seed=body.seed)
 
-    def stop(self) -> None:
-        self.jobs.put(None)
-        self.thread.join(timeout=10)
+    async def chat(self, request: Request):
+        body = parse_body(await request.body(), ChatCompletionRequest)
+        messages = [message_text(m) for m in body.messages]
+        ids = await self.encode("messages", sum(len(m["content"]) for m in messages), encode_chat, messages)
+        max_tokens = body.max_completion_tokens or body.max_tokens
+        return await self.respond(request, body, ids, self.options_for(body, "messages", len(ids), max_tokens),
+                                  chat=True)
 
-    def _run(self) -> None:
-        while True:
-            job = self.jobs.get()
-            if job is None:
-                return
-            if job.cancelled.is_set():
-                continue
-            try:
-                for delta in stream_text(self.model, self.tokenizer, job.prompt_ids, job.options,
-                                         cancelled=job.cancelled.is_set):
-                    job.put(delta)
-            except Exception as error:  # reported to this request only; the worker keeps serving
-                job.put(error)
+    async def complete(self, request: Request):
+        body = parse_body(await request.body(), CompletionRequest)
+        prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
+        if len(prompts) != 1:
+            raise invalid("prompt", "exactly one prompt per request is supported")
+        if body.echo:
+            raise APIError(400, "echo is not supported by this server", param="echo", code="invalid_value")
+        ids = await self.encode("prompt", len(prompts[0]), encode_text, prompts[0])
+        return await self.respond(request, body, ids, self.options_for(body, "prompt", len(ids), body.max_tokens),
+                                  chat=False)
 
+    async def respond(self, request: Request, body: Sampling, prompt_ids: List[int], options: GenerationOptions,
+                      chat: bool):
+        job = Job(prompt_ids, options, asyncio.get_running_loop())
+        self.worker.submit(job)
+        reply = Reply(chat, self.model_name, len(prompt_ids))
+        if body.stream:
+            include_usage = bool(body.stream_options and body.stream_options.include_usage)
+            return StreamingResponse(events(job, reply, include_usage), media_type="text/event-stream",
+                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        watcher = asyncio.ensure_future(_cancel_on_disconnect(request, job, reply.id))
+        try:
+            parts, last = [], None
+            async for last in job.stream():
+                parts.append(reply.clean(last.text))
+        except Exception as error:
+            raise generation_failed(error) from None
+        finally:
+            job.cancelled.set()
+            watcher.cancel()
+        return reply.whole("".join(parts), last.finish_reason, last.completion_tokens)
 
-# ---- responses ----
+    async def health(self) -> dict:
+        return {"status": "ok", "model": self.model_name, "queued": self.worker.pending(),
+                "worker_alive": self.worker.thread.is_alive()}
 
-def _usage(prompt_tokens: int, completion_tokens: int) -> dict:
-    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens}
-
-
-def _sse(payload: Union[dict, str]) -> str:
-    return f"data: {payload if isinstance(payload, str) else json.dumps(payload)}\n\n"
-
-
-class _Reply:
-    """Shapes deltas into one endpoint's OpenAI objects (chat or text completion)."""
-
-    def __init__(self, chat: bool, model_name: str, prompt_tokens: int):
-        self.chat, self.model_name, self.prompt_tokens = chat, model_name, prompt_tokens
-        self.id = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
-        self.created = int(time.time())
-        self.started = not chat  # chat replies drop the plain format's leading space
-
-    def clean(self, text: str) -> str:
-        if not self.started:
-            text = text.lstrip()
-            self.started = bool(text)
-        return text
-
-    def _envelope(self, kind: str, choices: list) -> dict:
-        return {"id": self.id, "object": kind, "created": self.created, "model": self.model_name,
-                "choices": choices}
-
-    def chunk(self, text: Optional[str], finish_reason: Optional[str], first: bool = False) -> dict:
-        if self.chat:
-            delta = {"role": "assistant", "content": ""} if first else ({"content": text} if text else {})
-            choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
-            return self._envelope("chat.completion.chunk", [choice])
-        choice = {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish_reason}
-        return self._envelope("text_completion", [choice])
-
-    def usage_chunk(self, completion_tokens: int) -> dict:
-        kind = "chat.completion.chunk" if self.chat else "text_completion"
-        return {**self._envelope(kind, []), "usage": _usage(self.prompt_tokens, completion_tokens)}
-
-    def whole(self, text: str, finish_reason: str, completion_tokens: int) -> dict:
-        if self.chat:
-            choice = {"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None,
-                      "finish_reason": finish_reason}
-            body = self._envelope("chat.completion", [choice])
-        else:
-            body = self._envelope("text_completion", [{"index": 0, "text": text, "logprobs": None,
-                                                       "finish_reason": finish_reason}])
-        return {**body, "usage": _usage(self.prompt_tokens, completion_tokens)}
-
-
-def _message_text(message: ChatMessage) -> dict:
-    content = message.content if isinstance(message.content, str) else "".join(p.text for p in message.content)
-    return {"role": "system" if message.role == "developer" else message.role, "content": content}
+    def close(self) -> None:
+        self.worker.stop()
+        self.encoder.shutdown(wait=False, cancel_futures=True)
 
 
-def create_app(model: nn.Module, tokenizer: PreTrainedTokenizerBase, model_name: str,
-               default_options: Optional[GenerationOptions] = None, max_queue: int = 64,
-               max_context_tokens: Optional[int] = None) -> FastAPI:
-    """Build the app around a loaded model.
+async def _cancel_on_disconnect(request: Request, job: Job, reply_id: str) -> None:
+    """Cancel ``job`` when the client of a non-streaming request hangs up (as a dropped stream is)."""
+    while not job.finished.is_set():
+        if await request.is_disconnected():
+            job.cancelled.set()
+            log.info("client of %s disconnected before its reply; generation stopped", reply_id)
+            return
+        await asyncio.sleep(DISCONNECT_POLL_S)
 
-    Args:
-        model_name: the id reported by ``/v1/models`` and in every response. The ``model`` field of
-            requests is not checked (clients often send a fixed name); this server has one model.
-        default_options: decoding defaults for fields a request leaves out (``max_new_tokens`` is the
-            default ``max_tokens``, clipped to what the context window leaves).
-        max_queue: requests allowed to wait for the worker before new ones get 429.
-        max_context_tokens: context window override (default: the model's).
-    """
-    defaults = default_options or GenerationOptions()
-    window = max_context_tokens or context_window(model, tokenizer)
-    worker = GenerationWorker(model, tokenizer, max_queue)
-    started = int(time.time())
 
-    @asynccontextmanager
-    async def lifespan(app: FastAPI):
-        yield
-        worker.stop()
-
-    app = FastAPI(title="minichatgpt", lifespan=lifespan, docs_url=None, redoc_url=None)
-    app.state.worker = worker
-
+def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(APIError)
     async def api_error(request: Request, error: APIError):
         return error.response()
@@ -286,111 +158,57 @@ def create_app(model: nn.Module, tokenizer: PreTrainedTokenizerBase, model_name:
 
     @app.exception_handler(Exception)
     async def internal_error(request: Request, error: Exception):
+        log.exception("internal error on %s %s", request.method, request.url.path)
         return APIError(500, f"internal server error: {type(error).__name__}", kind="server_error").response()
 
-    def options_for(body: _Sampling, prompt_tokens: int, max_tokens: Optional[int]) -> GenerationOptions:
-        if body.logprobs not in (None, False):
-            raise APIError(400, "logprobs are not supported by this server", param="logprobs",
-                           code="invalid_value")
-        if prompt_tokens >= window:
-            raise APIError(400, f"this model's maximum context length is {window} tokens, and the prompt "
-                                f"is {prompt_tokens} tokens; shorten it", param="messages" if isinstance(
-                                    body, ChatCompletionRequest) else "prompt", code="context_length_exceeded")
-        if max_tokens is not None and prompt_tokens + max_tokens > window:
-            raise APIError(400, f"this model's maximum context length is {window} tokens; the request asks "
-                                f"for {prompt_tokens + max_tokens} ({prompt_tokens} in the prompt, {max_tokens} "
-                                f"for the completion); lower max_tokens", param="max_tokens",
-                           code="context_length_exceeded")
-        stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
-        if len(stop) > MAX_STOP_STRINGS:
-            raise APIError(400, f"stop: at most {MAX_STOP_STRINGS} stop strings", param="stop",
-                           code="invalid_value")
-        return GenerationOptions(
-            max_new_tokens=max_tokens or min(defaults.max_new_tokens, window - prompt_tokens),
-            temperature=defaults.temperature if body.temperature is None else body.temperature,
-            top_p=defaults.top_p if body.top_p is None else body.top_p,
-            stop=tuple(stop), seed=body.seed)
 
-    async def respond(body: _Sampling, prompt_ids: List[int], options: GenerationOptions, chat: bool):
-        job = Job(prompt_ids, options, asyncio.get_running_loop())
-        worker.submit(job)
-        reply = _Reply(chat, model_name, len(prompt_ids))
-        if body.stream:
-            include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            return StreamingResponse(_events(job, reply, include_usage), media_type="text/event-stream",
-                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-        try:
-            parts, last = [], None
-            async for last in job.stream():
-                parts.append(reply.clean(last.text))
-        except Exception as error:
-            raise APIError(500, f"generation failed: {type(error).__name__}: {error}", kind="server_error")
-        finally:
-            job.cancelled.set()
-        return reply.whole("".join(parts), last.finish_reason, last.completion_tokens)
+def create_app(model: nn.Module, tokenizer: PreTrainedTokenizerBase, model_name: str,
+               default_options: Optional[GenerationOptions] = None, max_queue: int = 64,
+               max_context_tokens: Optional[int] = None, guard: Optional[GuardConfig] = None,
+               max_prompt_chars: Optional[int] = None) -> FastAPI:
+    """Build the app around a loaded model.
 
-    async def _events(job: Job, reply: _Reply, include_usage: bool) -> AsyncIterator[str]:
-        try:
-            if reply.chat:
-                yield _sse(reply.chunk(None, None, first=True))
-            async for delta in job.stream():
-                text = reply.clean(delta.text)
-                if text:
-                    yield _sse(reply.chunk(text, None))
-                if delta.finish_reason is not None:
-                    yield _sse(reply.chunk(None, delta.finish_reason))
-                    if include_usage:
-                        yield _sse(reply.usage_chunk(delta.completion_tokens))
-            yield _sse("[DONE]")
-        except Exception as error:
-            yield _sse(APIError(500, f"generation failed: {type(error).__name__}: {error}",
-                                kind="server_error").body())
-        finally:
-            job.cancelled.set()  # the client left, or the reply is done: stop generating either way
+    Args:
+        model_name: the id reported by ``/v1/models`` and in every response. The ``model`` field of
+            requests is not checked (clients often send a fixed name); this server has one model.
+        default_options: decoding defaults for fields a request leaves out; its ``max_new_tokens`` is
+            also the hard cap on ``max_tokens`` (larger requests are lowered to it).
+        max_queue: requests allowed to wait for the worker before new ones get 429.
+        max_context_tokens: context window override (default: the model's).
+        guard: Host names, API key, CORS origins and body limit (default: loopback names, no key, no CORS).
+        max_prompt_chars: longest prompt (characters) that is tokenized at all (default: 16 per window token).
+    """
+    window = max_context_tokens or context_window(model, tokenizer)
+    service = Service(model, tokenizer, model_name, default_options or GenerationOptions(), max_queue, window,
+                      max_prompt_chars or CHARS_PER_TOKEN_LIMIT * window)
+    started = int(time.time())
 
-    @app.post("/v1/chat/completions")
-    async def chat_completions(request: Request):
-        body = await _parse(request, ChatCompletionRequest)
-        try:
-            prompt_ids = encode_chat(tokenizer, [_message_text(m) for m in body.messages])
-        except TemplateError as error:
-            raise APIError(400, f"messages: the chat template rejected them: {error}", param="messages",
-                           code="invalid_value") from None
-        max_tokens = body.max_completion_tokens or body.max_tokens
-        return await respond(body, prompt_ids, options_for(body, len(prompt_ids), max_tokens), chat=True)
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        yield
+        service.close()
 
-    @app.post("/v1/completions")
-    async def completions(request: Request):
-        body = await _parse(request, CompletionRequest)
-        prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
-        if len(prompts) != 1:
-            raise APIError(400, "prompt: exactly one prompt per request is supported", param="prompt",
-                           code="invalid_value")
-        if body.echo:
-            raise APIError(400, "echo is not supported by this server", param="echo", code="invalid_value")
-        prompt_ids = encode_text(tokenizer, prompts[0])
-        return await respond(body, prompt_ids, options_for(body, len(prompt_ids), body.max_tokens), chat=False)
-
-    def model_card() -> dict:
-        return {"id": model_name, "object": "model", "created": started, "owned_by": "minichatgpt",
-                "context_window": window}
+    app = FastAPI(title="minichatgpt", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.service, app.state.worker = service, service.worker
+    _add_error_handlers(app)
+    install_guard(app, guard or GuardConfig())
+    app.add_api_route("/v1/chat/completions", service.chat, methods=["POST"])
+    app.add_api_route("/v1/completions", service.complete, methods=["POST"])
+    card = {"id": model_name, "object": "model", "created": started, "owned_by": "minichatgpt",
+            "context_window": window}
 
     @app.get("/v1/models")
     async def list_models():
-        return {"object": "list", "data": [model_card()]}
+        return {"object": "list", "data": [card]}
 
     @app.get("/v1/models/{model_id:path}")
     async def get_model(model_id: str):
         if model_id != model_name:
             raise APIError(404, f"the model {model_id!r} does not exist; this server has {model_name!r}",
                            param="model", code="model_not_found", kind="not_found_error")
-        return model_card()
+        return card
 
-    @app.get("/health")
-    async def health():
-        return {"status": "ok", "model": model_name, "queued": worker.pending(),
-                "worker_alive": worker.thread.is_alive()}
-
+    app.add_api_route("/health", service.health, methods=["GET"])
     page = resources.files(__package__).joinpath("static/chat.html").read_text(encoding="utf-8")
 
     @app.get("/", response_class=HTMLResponse)
@@ -404,4 +222,10 @@ def serve(app: FastAPI, host: str = "127.0.0.1", port: int = 8000, log_level: st
     """Run ``app`` with uvicorn until interrupted (loopback only unless ``host`` says otherwise)."""
     import uvicorn
 
+    logger = logging.getLogger("minichatgpt.serving")  # one line per event, in uvicorn's format
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s:     %(message)s"))
+        logger.addHandler(handler)
+    logger.setLevel(log_level.upper())
     uvicorn.run(app, host=host, port=port, log_level=log_level)

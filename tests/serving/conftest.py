@@ -4,10 +4,12 @@ The server is a subprocess started through the real command line (``python -m mi
 serve``) on 127.0.0.1 and a free port, shared by the HTTP and browser tests of one session.
 """
 
+import contextlib
 import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -80,3 +82,34 @@ def server_url(chat_model_dir, tmp_path_factory):
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
+
+
+@contextlib.contextmanager
+def serve_in_thread(app):
+    """Run ``app`` with uvicorn on 127.0.0.1 in a thread of this process; yields its base URL.
+
+    For tests that build the app in-process (custom guard settings, a patched decode loop).
+    """
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("the in-process server did not start")
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{server.config.port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=15)
+
+
+@pytest.fixture(scope="session")
+def loaded_chat_model(chat_model_dir):
+    """The tiny chat model and its tokenizer, loaded once in this process."""
+    from minichatgpt.nn import load_model, load_tokenizer
+
+    return load_model(chat_model_dir).eval(), load_tokenizer(chat_model_dir)

@@ -194,22 +194,3 @@ def test_web_page_is_served(server_url):
     response = httpx.get(server_url + "/")
     assert response.status_code == 200 and response.headers["content-type"].startswith("text/html")
     assert "/v1/chat/completions" in response.text
-
-
-def test_full_queue_answers_429(local):
-    pytest.importorskip("fastapi")
-    import asyncio
-
-    from minichatgpt.serving.server import APIError, GenerationWorker, Job
-
-    model, tokenizer = local
-    worker = GenerationWorker(model, tokenizer, max_queue=1)
-    worker.stop()  # nothing consumes the queue now, so it stays full after one job
-    loop = asyncio.new_event_loop()
-    try:
-        worker.submit(Job([5, 6], GenerationOptions(), loop))
-        with pytest.raises(APIError) as error:
-            worker.submit(Job([5, 6], GenerationOptions(), loop))
-    finally:
-        loop.close()
-    assert error.value.status == 429 and error.value.body()["error"]["code"] == "queue_full"

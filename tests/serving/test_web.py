@@ -72,3 +72,33 @@ def test_page_shows_server_errors(page):
     page.fill("#temperature", "0")
     page.click("#reset")
     assert page.query_selector_all(".message") == []
+
+
+def test_page_asks_for_the_api_key_once_and_then_chats(page, loaded_chat_model):
+    from minichatgpt.serving.engine import GenerationOptions
+    from minichatgpt.serving.guard import GuardConfig
+    from minichatgpt.serving.server import create_app
+
+    from .conftest import serve_in_thread
+
+    model, tokenizer = loaded_chat_model
+    app = create_app(model, tokenizer, "tiny-gpt2", GenerationOptions(max_new_tokens=6, temperature=0),
+                     guard=GuardConfig(api_key="page-key"))
+    with serve_in_thread(app) as url:
+        keyed = page.context.new_page()  # a new tab: its own session storage, no key yet
+        keyed.set_default_timeout(60_000)
+        keyed.goto(url + "/")
+        keyed.wait_for_selector("#key-row.open")
+        assert "API key needed" in keyed.inner_text("#model")
+        keyed.fill("#api-key", "not-the-key")
+        keyed.click("#use-key")
+        keyed.wait_for_function("document.querySelector('#model').textContent.includes('wrong API key')")
+        keyed.fill("#api-key", "page-key")
+        keyed.click("#use-key")
+        keyed.wait_for_selector("#model.ok")
+        assert not keyed.is_visible("#key-row")
+        for n, question in enumerate(["describe the cat", "what is the dog like"]):  # asked once, then reused
+            _send(keyed, question)
+            keyed.wait_for_selector(f".message.assistant[data-state=done] >> nth={n}")
+        assert keyed.query_selector_all(".error") == []
+        keyed.close()
