@@ -1,6 +1,5 @@
 """The ``minichatgpt`` command: ``pipeline``, ``sft``, ``rm``, ``ppo``, ``chat``, ``serve``."""
 
-import argparse
 import sys
 from typing import List, Optional
 
@@ -44,13 +43,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         return run_training_command(command, f"minichatgpt {command}", rest)
     if command in SERVING:
         from .recipes.checks import run_command
-        from .serving.cli import register
+        from .serving.cli import run
 
-        parser = argparse.ArgumentParser(prog="minichatgpt")
-        register(parser.add_subparsers(dest="command", required=True))
-        args = parser.parse_args([command] + rest)
-        # A missing extra (fastapi for serve, torchao for --quant) is one line and exit code 2.
-        return run_command(f"minichatgpt {command}", lambda _: args.func(args))
+        # A bad flag or a missing extra (fastapi for serve, torchao for --quant) is one line and exit code 2.
+        return run_command(f"minichatgpt {command}", lambda argv: run(command, argv), rest)
     print(f"minichatgpt: unknown command {command!r}\n\n{usage()}", file=sys.stderr)
     return 2
 

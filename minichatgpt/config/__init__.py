@@ -16,12 +16,13 @@ Hand-written rather than ``transformers.HfArgumentParser``: that parser has no l
 under command-line flags, no per-field range rules and no nested sections.
 """
 
-from .fields import (LENGTH, NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, SEED, UNIT, FieldType, Rule,
+from .fields import (LENGTH, NON_NEGATIVE, NON_NEGATIVE_INT, PORT, POSITIVE, POSITIVE_INT, SEED, TOP_P, UNIT, FieldType, Rule,
                      UsageError, build, coerce, dotted_types, field_defaults, field_type, fields_of, option, resolve,
                      validate)
 from .files import dump_yaml, load_yaml
 from .parser import ConfigParser, add_arguments, parse, spellings
 
-__all__ = ["LENGTH", "NON_NEGATIVE", "NON_NEGATIVE_INT", "POSITIVE", "POSITIVE_INT", "SEED", "UNIT", "FieldType", "Rule",
+__all__ = ["LENGTH", "NON_NEGATIVE", "NON_NEGATIVE_INT", "PORT", "POSITIVE", "POSITIVE_INT", "SEED", "TOP_P", "UNIT",
+           "FieldType", "Rule",
            "UsageError", "build", "coerce", "dotted_types", "field_defaults", "field_type", "fields_of", "option",
            "resolve", "validate", "dump_yaml", "load_yaml", "ConfigParser", "add_arguments", "parse", "spellings"]

@@ -18,6 +18,8 @@ POSITIVE: Rule = ("a finite number > 0", lambda v: v > 0)
 NON_NEGATIVE: Rule = ("a finite number >= 0", lambda v: v >= 0)
 UNIT: Rule = ("a number in [0, 1]", lambda v: 0 <= v <= 1)
 SEED: Rule = ("an integer in [0, 2**32 - 1]", lambda v: 0 <= v < 2 ** 32)
+TOP_P: Rule = ("a number in (0, 1]", lambda v: 0 < v <= 1)
+PORT: Rule = ("a port number in [0, 65535]", lambda v: 0 <= v <= 65535)
 
 NONE_WORDS = ("none", "null")
 

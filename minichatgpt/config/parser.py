@@ -5,7 +5,7 @@ import dataclasses
 import sys
 from typing import Any, Callable, Dict, List, Optional, Type
 
-from .fields import NONE_WORDS, FieldType, T, fields_of, resolve, validate
+from .fields import NONE_WORDS, FieldType, T, field_defaults, fields_of, resolve, validate
 from .files import load_yaml
 
 def _cli_type(ft: FieldType) -> Callable[[str], Any]:
@@ -24,14 +24,17 @@ def _default_text(f: dataclasses.Field) -> str:
     return repr(f.default_factory()) if f.default_factory is not dataclasses.MISSING else "required"
 
 
-def add_arguments(parser: argparse.ArgumentParser, cls) -> None:
+def add_arguments(parser: argparse.ArgumentParser, cls, keep_defaults: bool = False) -> None:
     """One flag per field of ``cls`` (sections excluded). Defaults are left out of the namespace
-    (``SUPPRESS``), so a parsed namespace holds exactly the flags that were given."""
+    (``SUPPRESS``), so a parsed namespace holds exactly the flags that were given; ``keep_defaults``
+    puts them in, for a plain ``argparse`` namespace of every field."""
+    defaults = field_defaults(cls)
     for f, ft in fields_of(cls):
         if dataclasses.is_dataclass(ft.base):
             continue
         names = [f"--{name}" for name in (f.name,) + f.metadata.get("aliases", ())]
-        kwargs: Dict[str, Any] = dict(dest=f.name, default=argparse.SUPPRESS,
+        default = defaults[f.name] if keep_defaults else argparse.SUPPRESS
+        kwargs: Dict[str, Any] = dict(dest=f.name, default=default,
                                       help=f"{f.metadata.get('help', '')} (default: {_default_text(f)})")
         if ft.base is bool:
             kwargs["action"] = argparse.BooleanOptionalAction

@@ -11,15 +11,14 @@ import math
 import os
 from typing import Any, Dict, List, Optional
 
-from ..config import (LENGTH, NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, SEED, UNIT, Rule, UsageError,
-                      option)
+from ..config import (LENGTH, NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, SEED, TOP_P, UNIT, Rule,
+                      UsageError, option)
 from ..log import LEVELS
 from ..trainer.strategies import STRATEGY_NAMES
 from ..trainer.trackers import TRACKERS
 
 MODEL_FAMILIES = ("auto", "gpt2", "opt", "bloom", "llama")
 EVAL_RATIO: Rule = ("a number in [0, 1) (1 would leave nothing to train on)", lambda v: 0 <= v < 1)
-TOP_P: Rule = ("a number in (0, 1]", lambda v: 0 < v <= 1)
 SKIP_HELP = "leave out invalid data rows (counted and reported) instead of stopping at the first"
 REPORT_HELP = "experiment trackers for the metrics (each needs its package): " + ", ".join(TRACKERS)
 

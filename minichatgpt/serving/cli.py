@@ -4,49 +4,83 @@
 on its own: ``python -m minichatgpt.serving.cli chat --model DIR``.
 """
 
-import argparse
+import dataclasses
 import os
 import sys
 from typing import List, Optional
 
-from ..extras import require
+from ..config import NON_NEGATIVE, PORT, POSITIVE_INT, TOP_P, ConfigParser, UsageError, add_arguments, option, validate
+from ..extras import MissingDependency, require
 from .quant import QUANT_MODES
 
 
-def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True,
-                        help="save_pretrained directory (or hub name, or .gguf file) of the model")
-    parser.add_argument("--lora", default=None, help="peft LoRA adapter directory, merged into the model")
-    parser.add_argument("--quant", choices=QUANT_MODES, default=None,
-                        help="weight quantization: bitsandbytes on CUDA, torchao on CPU")
-    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
-    parser.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
-                        help="compute dtype (auto: bfloat16/float16 on CUDA, float32 on CPU)")
-    parser.add_argument("--temperature", type=float, default=0.7, help="0 for greedy decoding")
-    parser.add_argument("--top_p", type=float, default=1.0, help="nucleus sampling mass in (0, 1]")
-    parser.add_argument("--max_new_tokens", type=int, default=256,
-                        help="most tokens per reply (serve: also the cap on a request's max_tokens; larger "
-                             "requests are lowered to it)")
-    parser.add_argument("--max_context", type=int, default=None,
-                        help="context window override (default: the model's)")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="CPU threads for torch (default: torch's choice); 1 is much faster when other "
-                             "processes share the cores")
+SERVER_LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 
 
-def _options(args: argparse.Namespace):
+@dataclasses.dataclass
+class ChatConfig:
+    """``minichatgpt chat``: multi-turn chat in the terminal; /reset forgets the conversation, /exit leaves."""
+    model: Optional[str] = option(None, "save_pretrained directory (or hub name, or .gguf file) of the model "
+                                        "(required)")
+    lora: Optional[str] = option(None, "peft LoRA adapter directory, merged into the model")
+    quant: Optional[str] = option(None, "weight quantization: bitsandbytes on CUDA, torchao on CPU",
+                                  choices=QUANT_MODES)
+    device: str = option("auto", "cpu, cuda, cuda:N or auto")
+    dtype: str = option("auto", "compute dtype (auto: bfloat16/float16 on CUDA, float32 on CPU)",
+                        choices=("auto", "float32", "bfloat16", "float16"))
+    temperature: float = option(0.7, "sampling temperature; 0 for greedy decoding", rule=NON_NEGATIVE)
+    top_p: float = option(1.0, "nucleus sampling mass", rule=TOP_P)
+    max_new_tokens: int = option(256, "most tokens per reply (serve: also the cap on a request's max_tokens; larger "
+                                      "requests are lowered to it)", rule=POSITIVE_INT)
+    max_context: Optional[int] = option(None, "context window override (default: the model's)", rule=POSITIVE_INT)
+    threads: Optional[int] = option(None, "CPU threads for torch (default: torch's choice); 1 is much faster when "
+                                          "other processes share the cores", rule=POSITIVE_INT)
+    system: Optional[str] = option(None, "system prompt (chat)")
+
+    def check(self) -> None:
+        if not self.model:
+            raise UsageError("--model is required: the save_pretrained directory, hub name or .gguf file to load")
+
+
+@dataclasses.dataclass
+class ServeConfig(ChatConfig):
+    """``minichatgpt serve``: OpenAI-compatible /v1/chat/completions and /v1/completions, plus a web chat page at /."""
+    host: str = option("127.0.0.1", "address to bind (default: loopback only)")
+    port: int = option(8000, "port to listen on", rule=PORT)
+    model_name: Optional[str] = option(None, "id reported by /v1/models (default: directory name)")
+    max_queue: int = option(64, "waiting requests before 429", rule=POSITIVE_INT)
+    api_key: Optional[str] = option(None, "Bearer token required on every /v1 route (default: $MINICHATGPT_API_KEY; "
+                                          "none: open). The environment variable keeps the key out of the process "
+                                          "list")
+    allowed_hosts: Optional[str] = option(None, "comma-separated Host names accepted besides localhost, 127.0.0.1, "
+                                                "[::1] and --host (* accepts any; other Host headers get 421, "
+                                                "against DNS rebinding)")
+    cors_origins: Optional[str] = option(None, "comma-separated origins allowed to call the API from a browser "
+                                               "(default: CORS off)")
+    max_prompt_chars: Optional[int] = option(None, "longest prompt in characters, refused before tokenizing "
+                                                   "(default: 16 per context token)", rule=POSITIVE_INT)
+    log_level: str = option("info", "the server's log level", choices=SERVER_LOG_LEVELS)
+
+
+CONFIGS = {"chat": ChatConfig, "serve": ServeConfig}
+
+
+def _options(args):
     from .engine import GenerationOptions
 
-    if args.temperature < 0:
-        raise SystemExit("--temperature must be >= 0")
-    if not 0 < args.top_p <= 1:
-        raise SystemExit("--top_p must be in (0, 1]")
-    if args.max_new_tokens < 1:
-        raise SystemExit("--max_new_tokens must be >= 1")
     return GenerationOptions(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p)
 
 
-def _load(args: argparse.Namespace):
+def as_config(command: str, args):
+    """A checked config from a config or from a plain namespace (``register``'s parsers)."""
+    if not dataclasses.is_dataclass(args):
+        fields = {f.name for f in dataclasses.fields(CONFIGS[command])}
+        args = CONFIGS[command](**{k: v for k, v in vars(args).items() if k in fields})
+    validate(args)
+    return args
+
+
+def _load(args: ChatConfig):
     import torch
 
     from .loading import load_for_inference
@@ -59,9 +93,10 @@ def _load(args: argparse.Namespace):
     return load_for_inference(args.model, lora=args.lora, quant=args.quant, device=args.device, dtype=args.dtype)
 
 
-def run_chat_command(args: argparse.Namespace) -> None:
+def run_chat_command(args) -> None:
     from .chat import run_chat
 
+    args = as_config("chat", args)
     options = _options(args)
     model, tokenizer = _load(args)
     run_chat(model, tokenizer, options=options, system_prompt=args.system, max_context_tokens=args.max_context)
@@ -71,7 +106,7 @@ def _names(value: Optional[str]) -> tuple:
     return tuple(name.strip() for name in (value or "").split(",") if name.strip())
 
 
-def guard_config(args: argparse.Namespace):
+def guard_config(args):
     """The server's guard from the command line: API key (or ``$MINICHATGPT_API_KEY``), Host names, CORS.
 
     The bound address is an allowed Host name too, unless it is a wildcard (0.0.0.0, ::).
@@ -84,7 +119,8 @@ def guard_config(args: argparse.Namespace):
                        cors_origins=_names(args.cors_origins))
 
 
-def run_serve_command(args: argparse.Namespace) -> None:
+def run_serve_command(args) -> None:
+    args = as_config("serve", args)
     require(("fastapi", "uvicorn"), "serve", "the HTTP server")
     from .server import create_app, serve
 
@@ -100,41 +136,35 @@ def run_serve_command(args: argparse.Namespace) -> None:
     serve(app, host=args.host, port=args.port, log_level=args.log_level)
 
 
-def register(subparsers) -> None:
-    """Add the ``chat`` and ``serve`` subcommands to an ``argparse`` subparsers object."""
-    chat = subparsers.add_parser("chat", help="chat with a model in the terminal",
-                                 description="Multi-turn chat; /reset forgets the conversation, /exit leaves.")
-    _add_model_arguments(chat)
-    chat.add_argument("--system", default=None, help="system prompt")
-    chat.set_defaults(func=run_chat_command)
+COMMANDS = {"chat": ("chat with a model in the terminal", run_chat_command),
+            "serve": ("serve a model over an OpenAI-compatible HTTP API", run_serve_command)}
 
-    serve = subparsers.add_parser("serve", help="serve a model over an OpenAI-compatible HTTP API",
-                                  description="OpenAI-compatible /v1/chat/completions and /v1/completions, "
-                                              "plus a web chat page at /.")
-    _add_model_arguments(serve)
-    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
-    serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument("--model_name", default=None, help="id reported by /v1/models (default: directory name)")
-    serve.add_argument("--max_queue", type=int, default=64, help="waiting requests before 429")
-    serve.add_argument("--api_key", default=None,
-                       help="Bearer token required on every /v1 route (default: $MINICHATGPT_API_KEY; none: open). "
-                            "The environment variable keeps the key out of the process list")
-    serve.add_argument("--allowed_hosts", default=None,
-                       help="comma-separated Host names accepted besides localhost, 127.0.0.1, [::1] and --host "
-                            "(* accepts any; other Host headers get 421, against DNS rebinding)")
-    serve.add_argument("--cors_origins", default=None,
-                       help="comma-separated origins allowed to call the API from a browser (default: CORS off)")
-    serve.add_argument("--max_prompt_chars", type=int, default=None,
-                       help="longest prompt in characters, refused before tokenizing (default: 16 per context token)")
-    serve.add_argument("--log_level", default="info", choices=("critical", "error", "warning", "info", "debug"))
-    serve.set_defaults(func=run_serve_command)
+
+def register(subparsers) -> None:
+    """Add the ``chat`` and ``serve`` subcommands (every field of their configs, with defaults) to an
+    ``argparse`` subparsers object."""
+    for name, (summary, func) in COMMANDS.items():
+        sub = subparsers.add_parser(name, help=summary, description=CONFIGS[name].__doc__)
+        add_arguments(sub, CONFIGS[name], keep_defaults=True)
+        sub.set_defaults(func=func)
+
+
+def run(command: str, argv: Optional[List[str]] = None) -> None:
+    """``minichatgpt chat|serve`` with ``--config FILE.yaml`` under the flags, as the training commands."""
+    config = ConfigParser(CONFIGS[command], prog=f"minichatgpt {command}",
+                          description=CONFIGS[command].__doc__).parse_args(argv)
+    COMMANDS[command][1](config)
 
 
 def main(argv: Optional[List[str]] = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m minichatgpt.serving.cli")
-    register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    args.func(args)
+    """``python -m minichatgpt.serving.cli chat|serve ...``: a bad flag or missing extra is one line."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in COMMANDS:
+        raise SystemExit(f"usage: python -m minichatgpt.serving.cli {{{','.join(COMMANDS)}}} [options]")
+    try:
+        run(argv[0], argv[1:])
+    except (UsageError, MissingDependency) as err:
+        raise SystemExit(f"minichatgpt {argv[0]}: error: {err}") from None
 
 
 if __name__ == "__main__":
