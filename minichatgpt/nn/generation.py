@@ -71,6 +71,14 @@ def _all_finished(finished: torch.Tensor, synced: bool) -> bool:
     return bool(done)
 
 
+def _next_token(logits: torch.Tensor, input_ids: torch.Tensor, processors: LogitsProcessorList, do_sample: bool,
+                generator: Optional[torch.Generator]) -> torch.Tensor:
+    """(B,) tokens from the last position's (B, V) logits: sampled after the processors, or greedy."""
+    if not do_sample:
+        return logits.argmax(-1)
+    return torch.multinomial(processors(input_ids, logits).softmax(-1), 1, generator=generator).squeeze(1)
+
+
 @torch.no_grad()
 def generate(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int,
              eos_token_id: Union[int, Sequence[int]], pad_token_id: int, do_sample: bool = True,
@@ -109,12 +117,7 @@ def generate(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Te
     tokens, log_probs, masks = [], [], []
     for _ in range(max_new_tokens):
         logits = out.logits[:, -1].float()  # (B, V)
-        if do_sample:
-            probs = processors(input_ids, logits).softmax(-1)
-            token = torch.multinomial(probs, 1, generator=generator).squeeze(1)
-        else:
-            token = logits.argmax(-1)
-        token = token.masked_fill(finished, pad_token_id)  # (B,)
+        token = _next_token(logits, input_ids, processors, do_sample, generator).masked_fill(finished, pad_token_id)
         tokens.append(token)
         log_probs.append(log_probs_from_logits(logits, token))
         masks.append((~finished).long())

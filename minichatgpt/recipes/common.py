@@ -170,11 +170,8 @@ def run_supervised_stage(args, stage: str, model_cls, dataset_cls, collator_cls,
                               num_training_steps=total_steps)
     logged = metrics_logger(args, stage, strategy)
     checkpoint, resume = checkpointing(args, strategy, stage)
-    trainer = trainer_cls(model, strategy, optim, scheduler, max_epochs=args.max_epochs,
-                          accumulation_steps=args.accumulation_steps, max_grad_norm=args.max_grad_norm,
-                          log_interval=args.log_interval, save_interval=args.save_interval, checkpoint=checkpoint,
-                          max_nonfinite_steps=args.max_nonfinite_steps, callbacks=[logged] if logged else [],
-                          **trainer_kwargs)
+    trainer = trainer_cls(model, strategy, optim, scheduler, config=args, checkpoint_manager=checkpoint,
+                          callbacks=[logged] if logged else [], **trainer_kwargs)
     metrics = trainer.fit(train_loader, eval_loader, resume_from=resume)
     if trainer.interrupted:
         raise Interrupted(stage, trainer.step, trainer.interrupted)

@@ -14,6 +14,7 @@ from typing import Any, Dict, List, Optional
 from ..config import (LENGTH, NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, SEED, TOP_P, UNIT, Rule,
                       UsageError, option)
 from ..log import LEVELS
+from ..trainer.configs import PPOTrainerConfig, SupervisedTrainerConfig, TrainingConfig
 from ..trainer.strategies import STRATEGY_NAMES
 from ..trainer.trackers import TRACKERS
 
@@ -24,8 +25,8 @@ REPORT_HELP = "experiment trackers for the metrics (each needs its package): " +
 
 
 @dataclasses.dataclass
-class RunConfig:
-    """Fields of every stage."""
+class RunConfig(TrainingConfig):
+    """Fields of every stage (the training loop's come from ``TrainingConfig``)."""
     strategy: str = option("naive", "compute backend; distributed ones run under torchrun", choices=STRATEGY_NAMES)
     model: str = option("auto", "model family; kept for compatibility, the architecture is read from the checkpoint",
                         choices=MODEL_FAMILIES)
@@ -33,28 +34,23 @@ class RunConfig:
                                            "built-in tiny model")
     tokenizer: Optional[str] = option(None, "tokenizer location if not the --pretrain one")
     save_path: Optional[str] = option(None, "output directory (Hugging Face format + tokenizer); a name ending in .pt "
-                                            "writes a state dict file (strategy.save_model) instead")
+                                            "writes a state dict file (strategy.save_model) instead",
+                                      aliases=("output_dir",))
     lora_rank: int = option(0, "> 0 trains LoRA adapters of this rank only", rule=NON_NEGATIVE_INT)
     lora_train_bias: str = option("none", "which biases train with LoRA", choices=("none", "all", "lora_only"))
     grad_checkpoint: bool = option(False, "gradient checkpointing (less memory)")
     max_len: int = option(512, "maximum tokens per training sequence", rule=LENGTH)
     max_datasets_size: Optional[int] = option(None, "use at most this many records", rule=POSITIVE_INT)
-    log_interval: int = option(10, "optimizer steps between logged metrics", rule=POSITIVE_INT)
     metrics_path: Optional[str] = option(None, "JSONL metrics file (default: SAVE_PATH/metrics.jsonl)")
     tensorboard_dir: Optional[str] = option(None, "also log to TensorBoard there (needs tensorboard)")
     report_to: List[str] = option(help=REPORT_HELP, choices=("none",) + TRACKERS, default_factory=list)
     log_level: str = option("info", "what the run prints: debug also shows the libraries' own messages",
                             choices=LEVELS)
     seed: int = option(42, "seed of weights, data order and sampling", rule=SEED)
-    save_interval: int = option(0, "write a resumable checkpoint (SAVE_PATH/checkpoints) every N optimizer steps "
-                                   "(SFT, RM) or PPO updates (PPO); SIGTERM/SIGINT also write one",
-                                rule=NON_NEGATIVE_INT)
     save_total_limit: Optional[int] = option(None, "keep only the newest N checkpoints", rule=POSITIVE_INT)
     resume: Optional[str] = option(None, "continue from a checkpoint: 'auto' takes the newest valid one under "
                                          "SAVE_PATH/checkpoints (or starts afresh when there is none), DIR a "
                                          "checkpoint directory or a directory of them", metavar="auto|DIR")
-    max_nonfinite_steps: int = option(5, "stop after this many updates in a row with a non-finite loss or "
-                                         "gradient norm", rule=POSITIVE_INT)
     skip_invalid_rows: bool = option(False, SKIP_HELP)
 
     def check(self) -> None:
@@ -65,20 +61,16 @@ class RunConfig:
 
 
 @dataclasses.dataclass
-class SupervisedConfig(RunConfig):
+class SupervisedConfig(RunConfig, SupervisedTrainerConfig):
     """Fields of the stages trained on a fixed dataset with AdamW (SFT, reward model)."""
     dataset: Optional[str] = option(None, "training data file or dataset name; default: the built-in data")
     eval_dataset: Optional[str] = option(None, "held-out data (default: --eval_ratio of --dataset)")
     batch_size: int = option(8, "micro-batch size per process", rule=POSITIVE_INT)
-    accumulation_steps: int = option(1, "micro-batches per optimizer step (the old misspelling is accepted)",
-                                     aliases=("accimulation_steps",), rule=POSITIVE_INT)
     lr: float = option(2e-5, "peak learning rate (AdamW)", rule=POSITIVE)
     weight_decay: float = option(0.0, "AdamW weight decay", rule=NON_NEGATIVE)
     warmup_ratio: float = option(0.03, "linear warm-up share of all steps", rule=UNIT)
     lr_scheduler: str = option("cosine", "learning-rate schedule after the warm-up (transformers.get_scheduler)",
                                choices=("cosine", "linear", "constant_with_warmup"))
-    max_grad_norm: float = option(1.0, "gradient clipping (0 disables)", rule=NON_NEGATIVE)
-    max_epochs: int = option(1, "passes over the training data", rule=POSITIVE_INT)
     eval_ratio: float = option(0.05, "share of the dataset held out for evaluation when --eval_dataset is not given",
                                rule=EVAL_RATIO)
 
@@ -102,8 +94,8 @@ class RMConfig(SupervisedConfig):
 
 
 @dataclasses.dataclass
-class PPOConfig(RunConfig):
-    """``minichatgpt ppo``: stage 3, PPO(-ptx) on prompts."""
+class PPOConfig(RunConfig, PPOTrainerConfig):
+    """``minichatgpt ppo``: stage 3, PPO(-ptx) on prompts. The algorithm's fields are ``PPOTrainerConfig``'s."""
     prompt_path: Optional[str] = option(None, "prompts (instruction/prompt/messages fields, or hh-rlhf "
                                               "dialogues); default: built-in")
     pretrain_dataset: Optional[str] = option(None, "PPO-ptx data ({'text'} records or SFT formats)")
@@ -115,32 +107,10 @@ class PPOConfig(RunConfig):
     max_timesteps: int = option(10, "prompt batches per episode", rule=POSITIVE_INT)
     update_timesteps: int = option(10, "prompt batches between PPO updates", rule=POSITIVE_INT)
     max_epochs: int = option(5, "passes over the replay buffer per update", rule=POSITIVE_INT)
-    train_batch_size: int = option(8, "rows per PPO minibatch", rule=POSITIVE_INT)
-    experience_batch_size: int = option(8, "prompts per rollout batch", rule=POSITIVE_INT)
     ptx_batch_size: int = option(1, "PPO-ptx rows per minibatch", rule=POSITIVE_INT)
-    ptx_coef: float = option(0.9, "loss = (1 - c) * policy + c * ptx", rule=UNIT)
-    kl_coef: float = option(0.1, "KL penalty coefficient (initial value with --target_kl)", rule=NON_NEGATIVE)
-    target_kl: Optional[float] = option(None, "adaptive KL controller target (per sequence)", rule=POSITIVE)
-    kl_horizon: int = option(10000, "adaptive KL controller horizon", rule=POSITIVE_INT)
-    kl_estimator: str = option("k1", "KL estimator in the reward", choices=("k1", "k3"))
-    gamma: float = option(1.0, "GAE discount", rule=UNIT)
-    lam: float = option(0.95, "GAE lambda", rule=UNIT)
-    clip_eps: float = option(0.2, "PPO ratio clip", aliases=("eps_clip",), rule=POSITIVE)
-    value_clip_eps: float = option(0.4, "value clip around the old values", aliases=("value_clip",),
-                                   rule=NON_NEGATIVE)
-    score_clip: Optional[float] = option(None, "clip reward-model scores to [-c, c]", rule=POSITIVE)
-    normalize_scores: bool = option(False, "running standardization of RM scores")
     actor_lr: float = option(1e-6, "actor learning rate (Adam)", rule=POSITIVE)
     critic_lr: float = option(1e-5, "critic learning rate (Adam)", rule=POSITIVE)
-    max_grad_norm: float = option(1.0, "gradient clipping (0 disables)", rule=NON_NEGATIVE)
     max_input_len: int = option(96, "prompt tokens kept (left-truncated)", rule=LENGTH)
-    max_new_tokens: int = option(64, "most tokens sampled per response", rule=POSITIVE_INT)
-    temperature: float = option(1.0, "sampling temperature")
-    top_k: int = option(0, "sample from the k most likely tokens (0: all)", rule=NON_NEGATIVE_INT)
-    top_p: float = option(1.0, "nucleus sampling mass", rule=TOP_P)
-    greedy: bool = option(False, "greedy rollouts instead of sampling")
-    buffer_limit: int = option(0, "replay buffer size cap (0: none)", rule=NON_NEGATIVE_INT)
-    sample_replay_buffer: bool = option(False, "one sampled minibatch per epoch instead of a full pass")
 
     def check(self) -> None:
         super().check()

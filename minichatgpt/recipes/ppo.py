@@ -116,18 +116,9 @@ def run(args: PPOConfig) -> dict:
     performance = PerformanceEvaluator()
     logged = metrics_logger(args, "ppo", strategy)
     checkpoint, resume = checkpointing(args, strategy, "ppo")
-    trainer = PPOTrainer(strategy, actor, critic, reward_model, reference, actor_optim, critic_optim,
-                         kl_coef=args.kl_coef, ptx_coef=args.ptx_coef, train_batch_size=args.train_batch_size,
-                         buffer_limit=args.buffer_limit, eps_clip=args.clip_eps, value_clip=args.value_clip_eps,
-                         experience_batch_size=args.experience_batch_size, max_epochs=args.max_epochs,
-                         tokenizer=tokenizer, sample_replay_buffer=args.sample_replay_buffer,
-                         callbacks=[performance] + ([logged] if logged else []), gamma=args.gamma, lam=args.lam,
-                         kl_estimator=args.kl_estimator, score_clip=args.score_clip,
-                         normalize_scores=args.normalize_scores, target_kl=args.target_kl,
-                         kl_horizon=args.kl_horizon, max_grad_norm=args.max_grad_norm, checkpoint=checkpoint,
-                         save_interval=args.save_interval, max_nonfinite_steps=args.max_nonfinite_steps,
-                         max_new_tokens=args.max_new_tokens, do_sample=not args.greedy,
-                         temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
+    trainer = PPOTrainer(strategy, actor, critic, reward_model, reference, actor_optim, critic_optim, config=args,
+                         tokenizer=tokenizer, callbacks=[performance] + ([logged] if logged else []),
+                         checkpoint_manager=checkpoint)
     metrics = trainer.fit(prompt_loader, pretrain_loader, num_episodes=args.num_episodes,
                           max_timesteps=args.max_timesteps, update_timesteps=args.update_timesteps,
                           resume_from=resume)

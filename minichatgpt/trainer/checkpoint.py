@@ -11,8 +11,7 @@ A checkpoint is a directory ``{root}/checkpoint-{step}`` holding
 
 It is written under ``checkpoint-{step}.tmp``, every file is fsynced, and the directory is renamed into
 place only when complete, so a process killed mid-save leaves the previous checkpoint as the latest.
-Every file is read with ``weights_only=True`` (no arbitrary unpickling). The directory layout assumes
-that every rank sees the same filesystem.
+Every file is read with ``weights_only=True`` (no unpickling); every rank must see the same filesystem.
 """
 
 import hashlib

@@ -4,7 +4,7 @@ of dying mid-step, and skipping optimizer steps whose loss or gradient norm is n
 import os
 import signal
 import threading
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -18,6 +18,24 @@ def agree_flags(flags: List[bool], strategy) -> List[bool]:
     t = torch.tensor([float(f) for f in flags], device=strategy.device)
     torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
     return [bool(v) for v in t.tolist()]
+
+
+def guarded_step(strategy, model, optim, max_grad_norm: float, finite, extra_flags: Sequence[bool] = ()
+                 ) -> Tuple[float, bool, List[bool]]:
+    """The optimizer step every trainer takes: clip (``max_grad_norm`` > 0), then step, unless the loss
+    (``finite`` false) or, where the norm is known before the step, the gradient norm is non-finite on
+    some rank: then the gradients are dropped. Returns the gradient norm, whether the step was skipped,
+    and ``extra_flags`` made true on every rank when true on any (one all-reduce for all of them)."""
+    grad_norm = strategy.clip_grad_norm(model, optim, max_grad_norm) if max_grad_norm > 0 else torch.zeros(())
+    finite = bool(finite)
+    if not strategy.clips_in_step:  # DeepSpeed/ColossalAI measure the norm inside their step
+        finite = finite and bool(torch.isfinite(torch.as_tensor(grad_norm).detach().float()))
+    skip, *flags = agree_flags([not finite, *extra_flags], strategy)
+    if skip:
+        strategy.zero_grad(optim, model)
+    else:
+        strategy.optimizer_step(optim, model)
+    return float(grad_norm), skip, flags
 
 
 class NonFiniteGuard:

@@ -1,6 +1,7 @@
 """Stage 3: PPO on the reward model's scores with a KL penalty, optionally mixed with a pretraining
 loss (PPO-ptx, InstructGPT arXiv:2203.02155 eq. 2; PPO arXiv:1707.06347)."""
 
+import dataclasses
 import os
 import signal
 from collections import defaultdict
@@ -19,12 +20,31 @@ from ..functional import (explained_variance, left_padding_mask, lm_loss, log_pr
 from ..tokenizer import stop_token_ids
 from .callbacks import Callback
 from .checkpoint import CheckpointManager
-from .guards import NonFiniteGuard, StopRequest, agree_flags
+from .configs import PPOTrainerConfig, with_overrides
+from .guards import NonFiniteGuard, StopRequest, agree_flags, guarded_step
+from .ppo_state import load_ppo_state, ppo_state_dict
 from .strategies import Strategy
 from .utils import count_parameters, cycle, disable_dropout, to_device
 
-GENERATE_KWARGS = ("max_new_tokens", "max_length", "do_sample", "temperature", "top_k", "top_p", "eos_token_id",
-                   "pad_token_id")
+# Generation arguments that are not config fields (max_new_tokens, temperature, top_k, top_p, greedy are).
+GENERATE_KWARGS = ("max_length", "do_sample", "eos_token_id", "pad_token_id", "checkpoint")
+
+
+def generation_arguments(config: PPOTrainerConfig, extra: dict, tokenizer, generation_config) -> dict:
+    """The rollout's ``generate`` arguments: sampling from ``config``, stop and pad ids from the tokenizer
+    (every end-of-turn id: EOS, the chat template's terminator, the generation config's EOS ids) unless
+    given, ``max_length`` (prompt included) instead of ``max_new_tokens`` when given."""
+    kwargs = dict(do_sample=not config.greedy, temperature=config.temperature, top_k=config.top_k,
+                  top_p=config.top_p, **extra)
+    kwargs["max_length" if "max_length" in extra else "max_new_tokens"] = extra.get("max_length",
+                                                                                    config.max_new_tokens)
+    if tokenizer is not None:
+        kwargs.setdefault("eos_token_id", stop_token_ids(tokenizer, generation_config))
+        kwargs.setdefault("pad_token_id", tokenizer.pad_token_id)
+    missing = [k for k in ("eos_token_id", "pad_token_id") if kwargs.get(k) is None]
+    if missing:
+        raise ValueError(f"PPOTrainer needs {missing}: pass tokenizer= or set them as generation arguments")
+    return kwargs
 
 
 class PPOTrainer:
@@ -36,57 +56,36 @@ class PPOTrainer:
         initial_model: the frozen reference policy; None to compute reference log-probs with the
             actor's LoRA adapters disabled (no second copy of the weights).
         actor_optim, critic_optim: their optimizers.
-        kl_coef: initial KL penalty coefficient; with ``target_kl`` it adapts (Ziegler et al. 2019).
-        ptx_coef: weight of the pretraining LM loss: ``(1 - ptx_coef) * policy + ptx_coef * lm``;
-            used only when ``fit`` gets a ``pretrain_dataloader``.
-        train_batch_size: rows per PPO minibatch.
-        buffer_limit, buffer_cpu_offload: replay buffer size cap and CPU storage.
-        eps_clip, value_clip: PPO ratio clip and value clip (None disables value clipping).
-        experience_batch_size: kept for compatibility: the prompt batch size is the dataloader's.
-        max_epochs: passes over the replay buffer per update.
-        tokenizer: supplies default EOS and pad ids for generation.
-        sample_replay_buffer: one randomly sampled minibatch per epoch instead of a full pass.
-        dataloader_pin_memory: pin replay-buffer batches before moving them to the GPU.
+        config: the settings (:class:`PPOTrainerConfig`, or the ``ppo`` command's config, which extends it).
+        tokenizer: supplies the end-of-turn ids to stop rollouts on and the pad id.
         callbacks: see ``minichatgpt.trainer.callbacks``.
-        gamma, lam: GAE parameters. kl_estimator: ``k1`` or ``k3``. score_clip, normalize_scores:
-            reward shaping. target_kl, kl_horizon: adaptive KL controller. max_grad_norm: clipping.
-        gather_for_generation: with sharded parameters (FSDP, ZeRO-3), gather the actor's full weights
-            once per rollout instead of letting every generated token all-gather each layer.
-        checkpoint, save_interval: a ``CheckpointManager`` and the PPO updates between checkpoints
-            (0: only when stopped by SIGTERM/SIGINT, which saves at the next timestep boundary).
-        max_nonfinite_steps: stop after this many PPO minibatch updates in a row with a non-finite
-            loss or gradient norm (each is skipped and counted).
-        **generate_kwargs: ``max_new_tokens`` (or ``max_length``, prompt included), ``do_sample``,
-            ``temperature``, ``top_k``, ``top_p``, ``eos_token_id``, ``pad_token_id``.
+        checkpoint_manager: a ``CheckpointManager`` (``checkpoint=`` is the older name); checkpoints are
+            written every ``save_interval`` PPO updates (0: only when stopped by SIGTERM/SIGINT).
+        **kwargs: any field of ``PPOTrainerConfig`` by name, overriding ``config`` (the original keyword
+            arguments: ``kl_coef``, ``ptx_coef``, ``train_batch_size``, ``eps_clip``, ``value_clip``...),
+            and generation arguments: ``do_sample`` (the opposite of ``greedy``), ``max_length`` (prompt
+            included), ``eos_token_id`` (one id or a list), ``pad_token_id``.
     """
 
     def __init__(self, strategy: Strategy, actor: nn.Module, critic: nn.Module, reward_model: nn.Module,
                  initial_model: Optional[nn.Module], actor_optim: Optimizer, critic_optim: Optimizer,
-                 kl_coef: float = 0.1, ptx_coef: float = 0.9, train_batch_size: int = 8, buffer_limit: int = 0,
-                 buffer_cpu_offload: bool = True, eps_clip: float = 0.2, value_clip: Optional[float] = 0.4,
-                 experience_batch_size: int = 8, max_epochs: int = 1, tokenizer=None,
-                 sample_replay_buffer: bool = False, dataloader_pin_memory: bool = True,
-                 callbacks: Sequence[Callback] = (), gamma: float = 1.0, lam: float = 0.95,
-                 kl_estimator: str = "k1", score_clip: Optional[float] = None, normalize_scores: bool = False,
-                 target_kl: Optional[float] = None, kl_horizon: int = 10000, max_grad_norm: float = 1.0,
-                 gather_for_generation: bool = True, checkpoint: Optional[CheckpointManager] = None,
-                 save_interval: int = 0, max_nonfinite_steps: int = 5, **generate_kwargs):
-        unknown = sorted(set(generate_kwargs) - set(GENERATE_KWARGS))
-        if unknown:
-            raise TypeError(f"PPOTrainer got unknown arguments {unknown}; generation options are {GENERATE_KWARGS}")
+                 config: Optional[PPOTrainerConfig] = None, *, tokenizer=None, callbacks: Sequence[Callback] = (),
+                 checkpoint_manager: Optional[CheckpointManager] = None, **kwargs):
+        config, extra = with_overrides(config, PPOTrainerConfig, kwargs, "PPOTrainer", GENERATE_KWARGS)
+        if "do_sample" in extra:
+            config = dataclasses.replace(config, greedy=not extra.pop("do_sample"))
+        self.config = config
         self.strategy, self.actor, self.critic = strategy, actor, critic
         self.actor_optim, self.critic_optim = actor_optim, critic_optim
-        self.ptx_coef, self.train_batch_size, self.max_epochs = ptx_coef, train_batch_size, max_epochs
-        self.eps_clip, self.value_clip, self.max_grad_norm = eps_clip, value_clip, max_grad_norm
-        self.sample_replay_buffer, self.callbacks = sample_replay_buffer, list(callbacks)
-        self.experience_batch_size = experience_batch_size
-        self.gather_for_generation = gather_for_generation
-        self.checkpoint, self.save_interval = checkpoint, save_interval
-        self.nonfinite = NonFiniteGuard(max_nonfinite_steps)
+        self.callbacks = list(callbacks)
+        self.checkpoint = checkpoint_manager if checkpoint_manager is not None else extra.pop("checkpoint", None)
+        extra.pop("checkpoint", None)
+        self.nonfinite = NonFiniteGuard(config.max_nonfinite_steps)
         self.interrupted = 0  # the signal number that stopped ``fit`` early
-        self.kl_ctl = AdaptiveKLController(kl_coef, target_kl, kl_horizon) if target_kl else FixedKLController(kl_coef)
+        self.kl_ctl = AdaptiveKLController(config.kl_coef, config.target_kl, config.kl_horizon) if config.target_kl \
+            else FixedKLController(config.kl_coef)
         generation_config = getattr(getattr(strategy.unwrap_model(actor), "model", None), "generation_config", None)
-        self.generate_kwargs = self._generate_kwargs(generate_kwargs, tokenizer, generation_config)
+        self.generate_kwargs = generation_arguments(config, extra, tokenizer, generation_config)
         for model in (actor, critic):
             disable_dropout(model)
         for model in (reward_model, initial_model):
@@ -96,11 +95,11 @@ class PPOTrainer:
         if initial_model is None:
             strategy.print(strategy.unwrap_model(actor).freeze_reference())
             reference_context = strategy.unwrap_model(actor).reference
-        self.maker = ExperienceMaker(actor, critic, reward_model, initial_model, reference_context, kl_estimator,
-                                     gamma, lam, score_clip, normalize_scores)
-        self.buffer = ReplayBuffer(train_batch_size, buffer_limit, buffer_cpu_offload,
+        self.maker = ExperienceMaker(actor, critic, reward_model, initial_model, reference_context, config.kl_estimator,
+                                     config.gamma, config.lam, config.score_clip, config.normalize_scores)
+        self.buffer = ReplayBuffer(config.train_batch_size, config.buffer_limit, config.buffer_cpu_offload,
                                    self.generate_kwargs["pad_token_id"], strategy.device)
-        self.pin_memory = dataloader_pin_memory and strategy.device.type == "cuda"
+        self.pin_memory = config.dataloader_pin_memory and strategy.device.type == "cuda"
         self._ptx_iter: Optional[cycle] = None
         self._prompt_iter: Optional[cycle] = None
         self.step = 0  # PPO updates done
@@ -111,19 +110,6 @@ class PPOTrainer:
                            "reward_model": count_parameters(strategy.unwrap_model(reward_model)),
                            "reference": count_parameters(initial_model) if initial_model is not None else
                            count_parameters(strategy.unwrap_model(actor))}
-
-    @staticmethod
-    def _generate_kwargs(kwargs: dict, tokenizer, generation_config) -> dict:
-        kwargs = dict(kwargs)
-        if tokenizer is not None:  # stop on every end-of-turn id: EOS, template terminator, config EOS ids
-            kwargs.setdefault("eos_token_id", stop_token_ids(tokenizer, generation_config))
-            kwargs.setdefault("pad_token_id", tokenizer.pad_token_id)
-        missing = [k for k in ("eos_token_id", "pad_token_id") if kwargs.get(k) is None]
-        if missing:
-            raise ValueError(f"PPOTrainer needs {missing}: pass tokenizer= or set them as generation arguments")
-        if "max_new_tokens" not in kwargs and "max_length" not in kwargs:
-            kwargs["max_new_tokens"] = 64
-        return kwargs
 
     def _callbacks(self, hook: str, *args) -> None:
         for callback in self.callbacks:
@@ -143,7 +129,7 @@ class PPOTrainer:
             kwargs["max_new_tokens"] = kwargs.pop("max_length") - batch["input_ids"].size(1)
 
         self._callbacks("on_phase_start", "generation")
-        gather = self.gather_for_generation and self.strategy.gathers_for_generation
+        gather = self.config.gather_for_generation and self.strategy.gathers_for_generation
         kwargs["synced"] = self.strategy.shards_parameters and self.strategy.world_size > 1 and not gather
         with self.strategy.gathered_params(self.actor) if gather else nullcontext():
             rollout = self.strategy.unwrap_model(self.actor).generate(batch["input_ids"], batch["attention_mask"],
@@ -168,18 +154,9 @@ class PPOTrainer:
         return to_device(next(self._ptx_iter), self.strategy.device)
 
     def _update(self, model: nn.Module, optim: Optimizer, loss: torch.Tensor) -> Tuple[float, bool]:
-        """Clip and step unless the loss or gradient norm is non-finite on some rank; (norm, skipped)."""
-        grad_norm = self.strategy.clip_grad_norm(model, optim, self.max_grad_norm) if self.max_grad_norm > 0 \
-            else torch.zeros(())
-        finite = bool(torch.isfinite(loss.detach()).all())
-        if not self.strategy.clips_in_step:
-            finite = finite and bool(torch.isfinite(torch.as_tensor(grad_norm)))
-        (skip,) = agree_flags([not finite], self.strategy)
-        if skip:
-            self.strategy.zero_grad(optim, model)
-        else:
-            self.strategy.optimizer_step(optim, model)
-        return float(grad_norm), skip
+        grad_norm, skipped, _ = guarded_step(self.strategy, model, optim, self.config.max_grad_norm,
+                                             torch.isfinite(loss.detach()).all())
+        return grad_norm, skipped
 
     def training_step(self, experience: Experience) -> Dict[str, torch.Tensor]:
         """One PPO update of actor and critic on a minibatch (plus one ptx batch when enabled)."""
@@ -188,9 +165,9 @@ class PPOTrainer:
         num_actions, mask = experience.num_actions, experience.action_mask
         logits = self.actor(experience.sequences, experience.attention_mask, num_actions)  # (B, A, V)
         log_probs, entropy = log_probs_and_entropy(logits, experience.sequences[:, -num_actions:])  # (B, A) each
-        actor = policy_loss(log_probs, experience.log_probs, experience.advantages, mask, self.eps_clip)
+        actor = policy_loss(log_probs, experience.log_probs, experience.advantages, mask, self.config.clip_eps)
         use_ptx = self._ptx_iter is not None
-        policy_weight = 1.0 - self.ptx_coef if use_ptx else 1.0
+        policy_weight = 1.0 - self.config.ptx_coef if use_ptx else 1.0
         # Separate backward passes: DDP/ZeRO engines expect one backward per forward.
         self.strategy.backward(policy_weight * actor.loss, self.actor, self.actor_optim)
         stats = {"policy_loss": actor.loss.detach(), "clip_frac": actor.clip_frac, "approx_kl": actor.approx_kl,
@@ -199,14 +176,14 @@ class PPOTrainer:
         if use_ptx:
             batch = self._ptx_batch()
             ptx_loss = lm_loss(self.actor(batch["input_ids"], batch["attention_mask"]), batch["labels"])
-            self.strategy.backward(self.ptx_coef * ptx_loss, self.actor, self.actor_optim)
+            self.strategy.backward(self.config.ptx_coef * ptx_loss, self.actor, self.actor_optim)
             stats["ptx_loss"] = ptx_loss.detach()
             actor_loss = actor_loss + ptx_loss.detach()
         actor_norm, actor_skipped = self._update(self.actor, self.actor_optim, actor_loss)
         stats["actor_grad_norm"] = torch.tensor(actor_norm)
 
         values = self.critic(experience.sequences, experience.attention_mask, num_actions)  # (B, A)
-        critic = value_loss(values, experience.values, experience.returns, mask, self.value_clip)
+        critic = value_loss(values, experience.values, experience.returns, mask, self.config.value_clip_eps)
         self.strategy.backward(critic.loss, self.critic, self.critic_optim)
         critic_norm, critic_skipped = self._update(self.critic, self.critic_optim, critic.loss)
         stats["critic_grad_norm"] = torch.tensor(critic_norm)
@@ -220,8 +197,8 @@ class PPOTrainer:
         """``max_epochs`` passes (or sampled minibatches) over the replay buffer; mean statistics."""
         self._callbacks("on_phase_start", "training")
         stats, num_samples, num_tokens = defaultdict(list), 0, 0
-        for _ in range(self.max_epochs):
-            batches = [self.buffer.sample()] if self.sample_replay_buffer else self.buffer.batches(shuffle=True)
+        for _ in range(self.config.max_epochs):
+            batches = [self.buffer.sample()] if self.config.sample_replay_buffer else self.buffer.batches(shuffle=True)
             for experience in batches:
                 if self.pin_memory:
                     experience = experience.pin_memory()
@@ -242,32 +219,10 @@ class PPOTrainer:
 
     def state_dict(self) -> Dict:
         """Counters, KL controller, score statistics, data positions, rollout statistics and buffer."""
-        moments = self.maker.score_moments
-        return {"step": self.step, "timestep": self.timestep, "kl_coef": self.kl_ctl.value,
-                "score_moments": None if moments is None else
-                {"mean": moments.mean, "var": moments.var, "count": moments.count},
-                "prompts": self._prompt_iter.state_dict() if self._prompt_iter is not None else None,
-                "ptx": self._ptx_iter.state_dict() if self._ptx_iter is not None else None,
-                "rollout_stats": {n: [float(v) for v in vs] for n, vs in self._rollout_stats.items()},
-                "buffer": [vars(item.to("cpu")) for item in self.buffer.items],
-                "nonfinite": self.nonfinite.state_dict()}
+        return ppo_state_dict(self)
 
     def load_state_dict(self, state: Dict) -> None:
-        self.step, self.timestep, self.kl_ctl.value = state["step"], state["timestep"], state["kl_coef"]
-        if state["score_moments"] is not None and self.maker.score_moments is not None:
-            m = self.maker.score_moments
-            m.mean, m.var, m.count = state["score_moments"]["mean"], state["score_moments"]["var"], \
-                state["score_moments"]["count"]
-        if state["prompts"] is not None:
-            self._prompt_iter.load_state_dict(state["prompts"])
-        if state["ptx"] is not None and self._ptx_iter is not None:
-            self._ptx_iter.load_state_dict(state["ptx"])
-        self._rollout_stats = defaultdict(list, {n: [torch.tensor(v) for v in vs]
-                                                 for n, vs in state["rollout_stats"].items()})
-        device = None if self.buffer.cpu_offload else self.strategy.device
-        self.buffer.items = [Experience(**item).to(device) if device else Experience(**item)
-                             for item in state["buffer"]]
-        self.nonfinite.load_state_dict(state["nonfinite"])
+        load_ppo_state(self, state)
 
     def save_checkpoint(self) -> Optional[str]:
         if self.checkpoint is None:
@@ -321,7 +276,7 @@ class PPOTrainer:
                 if self.timestep % max_timesteps == 0:
                     self._callbacks("on_episode_end", episode)
                 (stopping,) = agree_flags([stop.signum is not None], self.strategy)
-                if stopping or (updated and self.save_interval and self.step % self.save_interval == 0):
+                if stopping or (updated and self.config.save_interval and self.step % self.config.save_interval == 0):
                     self.save_checkpoint()
                 if stopping:
                     self.interrupted = int(stop.signum or signal.SIGTERM)  # another rank's signal

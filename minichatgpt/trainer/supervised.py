@@ -4,7 +4,7 @@ logging, periodic saves, evaluation. The trainers supply only their loss and eva
 import math
 import os
 import signal
-from typing import Callable, Dict, Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -14,13 +14,10 @@ from tqdm import tqdm
 
 from .callbacks import Callback
 from .checkpoint import CheckpointManager
-from .guards import NonFiniteGuard, StopRequest, agree_flags
+from .configs import SupervisedTrainerConfig, with_overrides
+from .guards import NonFiniteGuard, StopRequest, guarded_step
 from .strategies import Strategy
 from .utils import fresh_iterator, set_sampler_epoch, skip_batches, to_device
-
-# batch -> (loss to back-propagate, {metric name: scalar tensor}) for one micro-batch
-LossFn = Callable[[Dict[str, torch.Tensor]], Tuple[torch.Tensor, Dict[str, torch.Tensor]]]
-
 
 class SupervisedTrainer:
     """Common constructor and ``fit`` of ``SFTTrainer`` and ``RewardModelTrainer``.
@@ -28,29 +25,33 @@ class SupervisedTrainer:
     Args:
         model, strategy, optim: a prepared model, its strategy and optimizer.
         lr_scheduler: stepped once per optimizer step.
-        max_epochs: passes over the training data.
-        accumulation_steps: micro-batches per optimizer step.
-        max_grad_norm: gradient clipping threshold (0 disables).
-        log_interval: optimizer steps between logged metrics (averaged over the interval and ranks).
-        save_interval: optimizer steps between checkpoints (0: only when stopped by a signal).
-        checkpoint: where checkpoints go (``CheckpointManager``); None writes none.
-        max_nonfinite_steps: stop with ``NonFiniteError`` after this many optimizer steps in a row
-            whose loss or gradient norm was not finite (such steps are skipped and counted).
+        config: the loop settings (:class:`SupervisedTrainerConfig`, or a command's config extending it):
+            ``max_epochs``, ``accumulation_steps``, ``max_grad_norm`` (0 disables clipping),
+            ``log_interval`` (metrics averaged over the interval and ranks), ``save_interval`` (0: only
+            when stopped by a signal), ``max_nonfinite_steps`` (stop with ``NonFiniteError`` after this
+            many skipped non-finite steps in a row).
+        checkpoint_manager: where checkpoints go (``CheckpointManager``; ``checkpoint=`` is the older
+            name); None writes none.
         callbacks: receive ``on_log(step, metrics)``, ``on_fit_start``, ``on_fit_end`` and ``on_resume``.
+        **kwargs: fields of the config by name (overriding ``config``), as the original keyword arguments.
     """
 
     desc = "train"
 
     def __init__(self, model: nn.Module, strategy: Strategy, optim: Optimizer, lr_scheduler=None,
-                 max_epochs: int = 1, accumulation_steps: int = 1, max_grad_norm: float = 1.0,
-                 log_interval: int = 10, save_interval: int = 0, checkpoint: Optional[CheckpointManager] = None,
-                 max_nonfinite_steps: int = 5, callbacks: Sequence[Callback] = ()):
-        if accumulation_steps < 1:
-            raise ValueError(f"accumulation_steps must be >= 1, got {accumulation_steps}")
+                 config: Optional[SupervisedTrainerConfig] = None, *,
+                 checkpoint_manager: Optional[CheckpointManager] = None, callbacks: Sequence[Callback] = (),
+                 **kwargs):
+        config, extra = with_overrides(config, SupervisedTrainerConfig, kwargs, type(self).__name__, ("checkpoint",))
+        if config.accumulation_steps < 1:
+            raise ValueError(f"accumulation_steps must be >= 1, got {config.accumulation_steps}")
+        self.config = config
         self.model, self.strategy, self.optim, self.lr_scheduler = model, strategy, optim, lr_scheduler
-        self.max_epochs, self.accumulation_steps, self.max_grad_norm = max_epochs, accumulation_steps, max_grad_norm
-        self.log_interval, self.save_interval, self.checkpoint = log_interval, save_interval, checkpoint
-        self.nonfinite = NonFiniteGuard(max_nonfinite_steps)
+        self.max_epochs, self.accumulation_steps = config.max_epochs, config.accumulation_steps
+        self.max_grad_norm, self.log_interval, self.save_interval = (config.max_grad_norm, config.log_interval,
+                                                                     config.save_interval)
+        self.checkpoint = checkpoint_manager if checkpoint_manager is not None else extra.get("checkpoint")
+        self.nonfinite = NonFiniteGuard(config.max_nonfinite_steps)
         self.callbacks = list(callbacks)
         self.step = 0
         self.interrupted = 0  # the signal number that stopped ``fit`` early (a checkpoint was written)
@@ -100,21 +101,13 @@ class SupervisedTrainer:
     # -- training ----------------------------------------------------------------------------------
     def _optimizer_step(self, losses_finite: torch.Tensor, stop: StopRequest) -> Tuple[float, bool]:
         """Clip, check, step; returns the gradient norm and whether a stop was requested on any rank."""
-        grad_norm = self.strategy.clip_grad_norm(self.model, self.optim, self.max_grad_norm) \
-            if self.max_grad_norm > 0 else torch.zeros(())
-        finite = losses_finite
-        if not self.strategy.clips_in_step:  # the norm is known before the step: check it too
-            finite = finite & torch.isfinite(grad_norm.detach().float().to(finite.device))
-        skip, stopping = agree_flags([not bool(finite), stop.signum is not None], self.strategy)
-        if skip:
-            self.strategy.zero_grad(self.optim, self.model)
-        else:
-            self.strategy.optimizer_step(self.optim, self.model)
+        grad_norm, skip, (stopping,) = guarded_step(self.strategy, self.model, self.optim, self.max_grad_norm,
+                                                    losses_finite, [stop.signum is not None])
         if self.lr_scheduler is not None:
             self.lr_scheduler.step()  # a skipped step still consumed its data: the schedule follows the data
         self.step += 1
         self.nonfinite.update(skip, self.step, self.strategy)
-        return float(grad_norm), stopping
+        return grad_norm, stopping
 
     def _group_size(self, batch_index: int, num_batches: int) -> int:
         """Micro-batches in the accumulation group of batch ``batch_index``: the last group of an epoch
