@@ -11,8 +11,6 @@ from typing import NamedTuple, Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
-from transformers.generation.logits_process import (LogitsProcessorList, TemperatureLogitsWarper,
-                                                    TopKLogitsWarper, TopPLogitsWarper)
 
 from ..functional import log_probs_from_logits
 
@@ -52,15 +50,34 @@ def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
-def _logits_processors(temperature: float, top_k: int, top_p: float) -> LogitsProcessorList:
-    processors = LogitsProcessorList()
-    if temperature != 1.0:
-        processors.append(TemperatureLogitsWarper(temperature))
-    if top_k and top_k > 0:
-        processors.append(TopKLogitsWarper(top_k))
+MIN_TEMPERATURE = 1e-4  # below this, sampling is greedy decoding: dividing logits by it overflows
+
+
+def sample_tokens(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+                  generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """(B, V) logits -> (B,) sampled token ids; the one sampler of the rollouts, evaluation and serving.
+
+    Greedy below ``MIN_TEMPERATURE``; otherwise ``softmax(logits / temperature)`` restricted to the
+    ``top_k`` most likely tokens (0: all), renormalized, then to the smallest set of most likely tokens
+    whose mass reaches ``top_p`` (nucleus sampling, Holtzman et al. arXiv:1904.09751), the order Hugging
+    Face's warpers apply them in. The most likely token always stays (a ``top_p`` of 1e-46 is 0 in
+    float32). Hand-written rather than ``transformers``' logits processors so that one sort serves
+    both filters and the server, which samples one row, shares it.
+    """
+    if temperature < MIN_TEMPERATURE:
+        return logits.argmax(-1)
+    probs = torch.softmax(logits.float() / temperature, dim=-1)  # (B, V)
+    if top_k <= 0 and top_p >= 1.0:
+        return torch.multinomial(probs, 1, generator=generator).squeeze(1)
+    sorted_probs, order = probs.sort(dim=-1, descending=True)  # (B, V) each
+    if top_k > 0:
+        sorted_probs[:, top_k:] = 0.0
+        sorted_probs = sorted_probs / sorted_probs.sum(-1, keepdim=True)
     if top_p < 1.0:
-        processors.append(TopPLogitsWarper(top_p))
-    return processors
+        drop = (sorted_probs.cumsum(-1) - sorted_probs) >= top_p  # (B, V): mass before a token already enough
+        drop[:, 0] = False
+        sorted_probs = sorted_probs.masked_fill(drop, 0.0)
+    return order.gather(-1, torch.multinomial(sorted_probs, 1, generator=generator)).squeeze(1)
 
 
 def _all_finished(finished: torch.Tensor, synced: bool) -> bool:
@@ -69,14 +86,6 @@ def _all_finished(finished: torch.Tensor, synced: bool) -> bool:
         done = done.to(torch.int32)
         torch.distributed.all_reduce(done, op=torch.distributed.ReduceOp.MIN)
     return bool(done)
-
-
-def _next_token(logits: torch.Tensor, input_ids: torch.Tensor, processors: LogitsProcessorList, do_sample: bool,
-                generator: Optional[torch.Generator]) -> torch.Tensor:
-    """(B,) tokens from the last position's (B, V) logits: sampled after the processors, or greedy."""
-    if not do_sample:
-        return logits.argmax(-1)
-    return torch.multinomial(processors(input_ids, logits).softmax(-1), 1, generator=generator).squeeze(1)
 
 
 @torch.no_grad()
@@ -102,7 +111,6 @@ def generate(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Te
     model.eval()
     use_position_ids = accepts_position_ids(model)
     cache_name = cache_argument(model)
-    processors = _logits_processors(temperature, top_k, top_p) if do_sample else LogitsProcessorList()
 
     # Only the last position's logits are sampled from: the prompt's (B, P, V) logits are never computed.
     keep = {"logits_to_keep": 1} if accepts_logits_to_keep(model) else {}
@@ -117,7 +125,8 @@ def generate(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Te
     tokens, log_probs, masks = [], [], []
     for _ in range(max_new_tokens):
         logits = out.logits[:, -1].float()  # (B, V)
-        token = _next_token(logits, input_ids, processors, do_sample, generator).masked_fill(finished, pad_token_id)
+        token = sample_tokens(logits, temperature, top_k, top_p, generator) if do_sample else logits.argmax(-1)
+        token = token.masked_fill(finished, pad_token_id)  # (B,)
         tokens.append(token)
         log_probs.append(log_probs_from_logits(logits, token))
         masks.append((~finished).long())

@@ -6,7 +6,6 @@ character), stop strings, a per-request seed, and a way to stop early when the r
 The cache-argument helper is shared with the rollout code.
 """
 
-import inspect
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator, List, NamedTuple, Optional, Sequence, Set, Tuple
 
@@ -14,12 +13,11 @@ import torch
 import torch.nn as nn
 from transformers import PreTrainedTokenizerBase
 
-from ..nn.generation import cache_argument
+from ..nn.generation import accepts_logits_to_keep, cache_argument, sample_tokens
 from ..tokenizer import Message, encode_prompt, leading_special_ids, plain_text_ids
 from ..tokenizer import stop_token_ids as reply_stop_ids
 
 DEFAULT_CONTEXT_WINDOW = 2048
-MIN_TEMPERATURE = 1e-4  # below this, sampling is greedy decoding (see sample_next_token)
 PREFIX_CONTEXT_TOKENS = 4  # prompt tokens decoded with the first reply tokens, for their leading space
 _WINDOW_FIELDS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length", "n_ctx")
 
@@ -127,32 +125,13 @@ def fit_messages(tokenizer: PreTrainedTokenizerBase, messages: Sequence[Message]
 
 def sample_next_token(logits: torch.Tensor, temperature: float, top_p: float,
                       generator: Optional[torch.Generator] = None) -> int:
-    """Pick the next token from (V,) logits: greedy at temperature 0, else nucleus sampling.
-
-    Nucleus (top-p) sampling (Holtzman et al., arXiv:1904.09751) keeps the smallest set of most likely
-    tokens whose probability mass reaches ``top_p``; the most likely token is always kept. Temperatures
-    below ``MIN_TEMPERATURE`` decode greedily: dividing logits by them overflows to inf (then NaN).
-    """
-    if temperature < MIN_TEMPERATURE:
-        return int(logits.argmax())
-    probs = torch.softmax(logits.float() / temperature, dim=-1)  # (V,)
-    if top_p >= 1.0:
-        return int(torch.multinomial(probs, 1, generator=generator))
-    sorted_probs, order = probs.sort(descending=True)  # (V,), (V,)
-    mass_before = sorted_probs.cumsum(-1) - sorted_probs
-    drop = mass_before >= top_p  # (V,); a top_p below float32's range (1e-46) would drop every token
-    drop[0] = False
-    sorted_probs = sorted_probs.masked_fill(drop, 0.0)
-    return int(order[torch.multinomial(sorted_probs, 1, generator=generator)])
+    """The next token from (V,) logits: greedy at temperature 0, else nucleus sampling
+    (``minichatgpt.nn.generation.sample_tokens``, the sampler the rollouts use too)."""
+    return int(sample_tokens(logits.unsqueeze(0), temperature, 0, top_p, generator))
 
 
 def model_device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
-
-
-def _forward_parameters(model: nn.Module):
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return inspect.signature(base.forward).parameters
 
 
 @torch.inference_mode()
@@ -168,7 +147,7 @@ def generate_tokens(model: nn.Module, input_ids: Sequence[int], max_new_tokens: 
     stop_ids = set(stop_ids)
     cache_name = cache_argument(model)
     # Only the last position's logits are needed; skipping the rest saves a (T, V) tensor per prompt.
-    kwargs = {"logits_to_keep": 1} if "logits_to_keep" in _forward_parameters(model) else {}
+    kwargs = {"logits_to_keep": 1} if accepts_logits_to_keep(model) else {}
     ids = torch.tensor([list(input_ids)], dtype=torch.long, device=model_device(model))  # (1, T)
     out = model(input_ids=ids, use_cache=True, **kwargs)
     for _ in range(max_new_tokens):
