@@ -97,12 +97,3 @@ class StopRequest:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         self._previous = {}
-
-    def requested(self, device: torch.device = torch.device("cpu")) -> bool:
-        """Whether any rank received a signal (an all-reduce when distributed, so ranks stop together)."""
-        local = 1.0 if self.signum is not None else 0.0
-        if not torch.distributed.is_initialized() or torch.distributed.get_world_size() == 1:
-            return bool(local)
-        flag = torch.tensor(local, device=device)
-        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-        return bool(flag)
