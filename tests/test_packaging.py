@@ -27,7 +27,10 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "minichatgpt"
 STATIC_PAGE = "minichatgpt/serving/static/chat.html"
 # Modules that belong to an extra and may import its packages at their top (nothing imports them at the top).
-EXTRA_MODULES = {"minichatgpt/serving/server.py": "serve"}
+# The HTTP server's modules import FastAPI/pydantic at their top: only `serve` installs them (and `minichatgpt serve`
+# checks for them before importing these).
+EXTRA_MODULES = {f"minichatgpt/serving/{name}.py": "serve" for name in ("server", "guard", "protocol", "replies",
+                                                                         "worker")}
 COPY_IGNORE = shutil.ignore_patterns(".git", ".venv*", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache",
                                      ".hypothesis", "outputs", "runs", "*.pt")
 TIMEOUT_S = 300
