@@ -69,7 +69,8 @@ class PreferenceDataset(Dataset):
         skip_invalid: leave out invalid rows instead of failing on the first one; their number is
             warned about once and kept in ``num_invalid_skipped``.
 
-    Items: ``{"chosen_input_ids": (T_c,) long, "rejected_input_ids": (T_r,) long}``.
+    Items: ``{"chosen_input_ids": (T_c,) long, "rejected_input_ids": (T_r,) long, "chosen_prompt_len": int,
+    "rejected_prompt_len": int}`` (the prompt lengths let DPO score response tokens only).
     """
 
     def __init__(self, source: Source, tokenizer: PreTrainedTokenizerBase, max_len: int = 512,
@@ -92,7 +93,9 @@ class PreferenceDataset(Dataset):
                 chosen_ids = (prompt_ids + encoder.response_ids(chosen))[:max_len]
                 rejected_ids = (rejected_prompt_ids + encoder.response_ids(rejected))[:max_len]
                 self.examples.append({"chosen_input_ids": torch.tensor(chosen_ids, dtype=torch.long),
-                                      "rejected_input_ids": torch.tensor(rejected_ids, dtype=torch.long)})
+                                      "rejected_input_ids": torch.tensor(rejected_ids, dtype=torch.long),
+                                      "chosen_prompt_len": len(prompt_ids),
+                                      "rejected_prompt_len": len(rejected_prompt_ids)})
         invalid.report(len(self.examples) + self.num_truncated_away)
         self.num_invalid_skipped = invalid.count
         if not self.examples:
