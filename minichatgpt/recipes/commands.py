@@ -7,7 +7,7 @@ built-in SFT and reward models first, with the PPO flags given here as its PPO s
 
 from typing import List, Optional
 
-from . import pipeline, ppo as ppo_recipe, rm as rm_recipe, sft as sft_recipe
+from . import dpo as dpo_recipe, pipeline, ppo as ppo_recipe, rm as rm_recipe, sft as sft_recipe
 from .arguments import pipeline_values_for_ppo
 
 
@@ -29,8 +29,12 @@ def ppo(argv: Optional[List[str]] = None) -> dict:
     return ppo_recipe.run(config)
 
 
+def dpo(argv: Optional[List[str]] = None) -> dict:
+    return dpo_recipe.main(argv)
+
+
 def run_pipeline(argv: Optional[List[str]] = None) -> dict:
     return pipeline.main(argv)
 
 
-COMMANDS = {"pipeline": run_pipeline, "sft": sft, "rm": rm, "ppo": ppo}
+COMMANDS = {"pipeline": run_pipeline, "sft": sft, "rm": rm, "ppo": ppo, "dpo": dpo}

@@ -1,0 +1,63 @@
+"""``minichatgpt dpo``: a run from a saved model, its checks, and exact resume after a crash."""
+
+import os
+import signal
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from minichatgpt.cli import main
+from minichatgpt.recipes.checks import UsageError, check_command
+from minichatgpt.recipes.configs_rl import DPOConfig
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from test_resume import assert_identical, run_worker  # noqa: E402
+
+
+def dpo_args(model_dir, save_path, *extra):
+    # 40 pairs, 8 per batch, 2 epochs, accumulation 2: 3 optimizer steps per epoch
+    return ["dpo", "--pretrain", model_dir, "--save_path", str(save_path), "--log_interval", "1", "--save_interval",
+            "1", "--seed", "7", "--max_datasets_size", "40", "--batch_size", "8", "--max_epochs", "2", "--eval_ratio",
+            "0", "--lr", "1e-3", "--accumulation_steps", "2", "--max_len", "48", *extra]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_dpo_cli_trains_and_writes_model_config_metrics(tiny_model_dirs, tmp_path):
+    assert main(dpo_args(tiny_model_dirs["gpt2"], tmp_path, "--beta", "0.5", "--sft_coef", "0.1")) == 0
+    before = load_file(os.path.join(tiny_model_dirs["gpt2"], "model.safetensors"))
+    after = load_file(str(tmp_path / "model.safetensors"))
+    assert any(not torch.equal(before[k], after[k]) for k in after if k in before)
+    config = (tmp_path / "config.yaml").read_text()
+    assert "beta: 0.5" in config and "loss_type: sigmoid" in config
+    metrics = (tmp_path / "metrics.jsonl").read_text()
+    assert '"reward_margin"' in metrics and '"sft_loss"' in metrics
+
+
+def test_dpo_checks(tiny_model_dirs):
+    with pytest.raises(UsageError, match="--reference adapters_off needs LoRA"):
+        check_command("dpo", ["--pretrain", tiny_model_dirs["gpt2"], "--reference", "adapters_off"])
+    with pytest.raises(UsageError, match="only simpo is reference-free"):
+        check_command("dpo", ["--pretrain", tiny_model_dirs["gpt2"], "--reference", "none"])
+    with pytest.raises(UsageError, match="--label_smoothing must be"):
+        check_command("dpo", ["--label_smoothing", "0.5"])
+    config = check_command("dpo", ["--pretrain", tiny_model_dirs["gpt2"], "--loss_type", "simpo", "--beta", "2"])
+    assert isinstance(config, DPOConfig) and config.loss_type == "simpo"
+
+
+def test_sigkill_then_resume_is_bit_identical(tiny_model_dirs, tmp_path):
+    """The reference log-probs are precomputed from the starting weights again, before the checkpoint loads."""
+    whole, broken = tmp_path / "whole", tmp_path / "broken"
+    assert main(dpo_args(tiny_model_dirs["gpt2"], whole)) == 0
+    args = dpo_args(tiny_model_dirs["gpt2"], broken)
+    assert run_worker("kill_after_save", 4, args) == -signal.SIGKILL
+    assert main(args + ["--resume", "auto"]) == 0
+    assert_identical(broken, whole)
