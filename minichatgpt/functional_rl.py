@@ -178,3 +178,24 @@ def clipped_surrogate(log_probs: torch.Tensor, old_log_probs: torch.Tensor, adva
 def kl_loss_term(log_probs: torch.Tensor, ref_log_probs: torch.Tensor) -> torch.Tensor:
     """Per-token k3 KL of GRPO's loss term: ``exp(ref - logp) - (ref - logp) - 1`` (>= 0). (B, A)."""
     return compute_kl(log_probs, ref_log_probs, "k3")
+
+
+def critic_free_advantages(algo: str, scores: torch.Tensor, log_probs: torch.Tensor, ref_log_probs: torch.Tensor,
+                           action_mask: torch.Tensor, group_size: int, kl_coef: float = 0.0) -> torch.Tensor:
+    """(B, A) token advantages of one rollout batch for ``algo`` in ``ADVANTAGE_ESTIMATORS``.
+
+    ``kl_coef`` > 0 puts the KL penalty into the reward: per token (k1) for REINFORCE++, as
+    ``r_i - kl_coef * sum_t k1_t`` for the group estimators (RLOO's sequence-level form); pass 0 when
+    the KL is a loss term instead (GRPO). A sequence advantage is given to each of its real tokens.
+    """
+    if algo == "reinforce_pp":
+        return reinforce_pp_advantages(scores, log_probs, ref_log_probs, action_mask, kl_coef)[0]
+    if kl_coef:
+        scores = scores - kl_coef * (compute_kl(log_probs, ref_log_probs, "k1") * action_mask).sum(-1)
+    if algo == "rloo":
+        per_sample = rloo_advantages(scores, group_size)
+    elif algo in ("grpo", "dr_grpo"):
+        per_sample = group_advantages(scores, group_size, scale=algo == "grpo")
+    else:
+        raise ValueError(f"unknown algo {algo!r}; expected one of {ADVANTAGE_ESTIMATORS}")
+    return per_sample[:, None] * action_mask  # (B, A)

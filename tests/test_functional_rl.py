@@ -160,3 +160,22 @@ def test_clipped_surrogate_ratio_one_is_minus_advantage():
     # ratio 2 with positive advantage is clipped at 1 + eps
     out = R.clipped_surrogate(torch.tensor([[math.log(2.0)]]), torch.zeros(1, 1), torch.tensor([[1.0]]), 0.2)
     assert_close(out, torch.tensor([[-1.2]]))
+
+
+def test_critic_free_advantages_per_algo():
+    g = torch.Generator().manual_seed(6)
+    B, A, G, kl_coef = 6, 5, 3, 0.2
+    scores, lp, ref = torch.randn(B, generator=g), -torch.rand(B, A, generator=g), -torch.rand(B, A, generator=g)
+    mask = random_mask(B, A, g)
+    shaped = scores - kl_coef * ((lp - ref) * mask).sum(-1)  # sequence reward minus beta * summed k1
+    expected = {"grpo": R.group_advantages(shaped, G), "dr_grpo": R.group_advantages(shaped, G, scale=False),
+                "rloo": R.rloo_advantages(shaped, G)}
+    for algo, per_sample in expected.items():
+        out = R.critic_free_advantages(algo, scores, lp, ref, mask, G, kl_coef)
+        assert_close(out, per_sample[:, None].expand(B, A) * mask)
+    assert_close(R.critic_free_advantages("grpo", scores, lp, ref, mask, G, 0.0),
+                 R.group_advantages(scores, G)[:, None] * mask)
+    assert_close(R.critic_free_advantages("reinforce_pp", scores, lp, ref, mask, G, kl_coef),
+                 R.reinforce_pp_advantages(scores, lp, ref, mask, kl_coef)[0])
+    with pytest.raises(ValueError, match="algo"):
+        R.critic_free_advantages("ppo", scores, lp, ref, mask, G)

@@ -106,3 +106,18 @@ class PromptCollator:
     def __call__(self, items: List[Batch]) -> Batch:
         input_ids, attention_mask = pad_sequences([it["input_ids"] for it in items], self.pad_token_id, "left")
         return {"input_ids": input_ids, "attention_mask": attention_mask}
+
+
+class RewardPromptCollator:
+    """``PromptCollator``'s batch plus what reward functions take: ``prompts`` (the raw user turns) and
+    ``columns`` (each other record field as a list over the batch; None where a record lacks it)."""
+
+    def __init__(self, pad_token_id: int):
+        self.prompts = PromptCollator(pad_token_id)
+
+    def __call__(self, items: List[Batch]) -> Batch:
+        batch = self.prompts(items)
+        names = sorted({name for it in items for name in it.get("columns", {})})
+        batch["prompts"] = [it.get("prompt", "") for it in items]
+        batch["columns"] = {name: [it.get("columns", {}).get(name) for it in items] for name in names}
+        return batch
