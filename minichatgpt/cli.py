@@ -10,6 +10,7 @@ COMMANDS = {
     "rm": "stage 2: reward-model training (examples/train_reward_model.py)",
     "ppo": "stage 3: PPO(-ptx) on prompts (examples/train_prompts.py)",
     "dpo": "DPO / IPO / SimPO on preference pairs, no reward model (examples/train_dpo.py)",
+    "grpo": "critic-free RL: GRPO / Dr. GRPO / RLOO / REINFORCE++ with --reward_fn (examples/train_grpo.py)",
 }
 SERVING = {"chat": "multi-turn chat in the terminal", "serve": "OpenAI-compatible HTTP server with a web page"}
 

@@ -7,7 +7,7 @@ built-in SFT and reward models first, with the PPO flags given here as its PPO s
 
 from typing import List, Optional
 
-from . import dpo as dpo_recipe, pipeline, ppo as ppo_recipe, rm as rm_recipe, sft as sft_recipe
+from . import dpo as dpo_recipe, grpo as grpo_recipe, pipeline, ppo as ppo_recipe, rm as rm_recipe, sft as sft_recipe
 from .arguments import pipeline_values_for_ppo
 
 
@@ -33,8 +33,12 @@ def dpo(argv: Optional[List[str]] = None) -> dict:
     return dpo_recipe.main(argv)
 
 
+def grpo(argv: Optional[List[str]] = None) -> dict:
+    return grpo_recipe.main(argv)
+
+
 def run_pipeline(argv: Optional[List[str]] = None) -> dict:
     return pipeline.main(argv)
 
 
-COMMANDS = {"pipeline": run_pipeline, "sft": sft, "rm": rm, "ppo": ppo, "dpo": dpo}
+COMMANDS = {"pipeline": run_pipeline, "sft": sft, "rm": rm, "ppo": ppo, "dpo": dpo, "grpo": grpo}
