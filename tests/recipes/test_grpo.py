@@ -1,0 +1,79 @@
+"""``minichatgpt grpo``: runs with a reward-function file and/or a reward model, its up-front checks, and
+the gain on the built-in task's hidden ground truth over SFT."""
+
+import textwrap
+
+import pytest
+
+from minichatgpt import demo
+from minichatgpt.cli import main
+from minichatgpt.nn import Actor, load_tokenizer
+from minichatgpt.recipes.checks import UsageError, check_command
+from minichatgpt.recipes.evaluate import evaluate_policy
+
+SMALL = ["--num_episodes", "1", "--max_datasets_size", "8", "--experience_batch_size", "4", "--train_batch_size", "8",
+         "--max_new_tokens", "4", "--num_samples_per_prompt", "2", "--log_interval", "1"]
+
+
+@pytest.fixture
+def reward_file(tmp_path):
+    path = tmp_path / "my_rewards.py"
+    path.write_text(textwrap.dedent('''
+        def short(prompts, responses, **columns):
+            return [-len(r.split()) for r in responses]
+    '''))
+    return str(path)
+
+
+@pytest.mark.parametrize("algo", ["grpo", "rloo", "reinforce_pp"])
+def test_grpo_cli_with_a_reward_file_and_a_reward_model(algo, tiny_model_dirs, reward_file, tmp_path):
+    model = tiny_model_dirs["gpt2"]
+    assert main(["grpo", "--pretrain", model, "--rm_pretrain", model, "--reward_fn", f"{reward_file}:short",
+                 "--reward_fn", "minichatgpt.demo:hidden_rule_reward", "--reward_weights", "1", "0.5", "--algo", algo,
+                 "--save_path", str(tmp_path), *SMALL]) == 0
+    assert (tmp_path / "model.safetensors").exists() and not (tmp_path / "critic").exists()
+    assert '"reward"' in (tmp_path / "metrics.jsonl").read_text()
+    assert "algo: " + algo in (tmp_path / "config.yaml").read_text()
+
+
+def test_grpo_with_lora_and_reward_workers(tiny_model_dirs, reward_file, tmp_path):
+    assert main(["grpo", "--pretrain", tiny_model_dirs["llama"], "--reward_fn", f"{reward_file}:short",
+                 "--reward_workers", "2", "--lora_rank", "4", "--save_path", str(tmp_path), *SMALL]) == 0
+
+
+def test_grpo_checks(tiny_model_dirs, reward_file):
+    model = tiny_model_dirs["gpt2"]
+    with pytest.raises(UsageError, match="give --reward_fn"):
+        check_command("grpo", ["--pretrain", model])
+    with pytest.raises(UsageError, match="--reward_fn: .*has no function 'nope'"):
+        check_command("grpo", ["--pretrain", model, "--reward_fn", f"{reward_file}:nope"])
+    with pytest.raises(UsageError, match="--reward_weights has 2 values for 1"):
+        check_command("grpo", ["--pretrain", model, "--reward_fn", f"{reward_file}:short", "--reward_weights", "1",
+                               "2"])
+    with pytest.raises(UsageError, match="--num_samples_per_prompt must be >= 2"):
+        check_command("grpo", ["--pretrain", model, "--rm_pretrain", model, "--num_samples_per_prompt", "1"])
+    assert check_command("grpo", []).reward_fn == ["minichatgpt.demo:hidden_rule_reward"]  # the built-in task
+
+
+@pytest.fixture(scope="module")
+def demo_sft(tmp_path_factory):
+    """The built-in SFT model (its demo sizes: about 40 s on one core)."""
+    path = str(tmp_path_factory.mktemp("demo-sft"))
+    assert main(["sft", "--save_path", path]) == 0
+    return path
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("algo", ["grpo", "rloo"])
+def test_grpo_with_the_hidden_rule_beats_sft_on_the_ground_truth(algo, demo_sft, tmp_path):
+    """Measured (seed 42, 1024 prompts): ground truth 0.37 (SFT) -> 0.74 (GRPO), 0.72 (RLOO)."""
+    sft, policy = demo_sft, str(tmp_path / algo)
+    assert main(["grpo", "--pretrain", sft, "--save_path", policy, "--algo", algo, "--reward_fn",
+                 "minichatgpt.demo:hidden_rule_reward", "--experience_batch_size", "16", "--num_samples_per_prompt",
+                 "4", "--train_batch_size", "32", "--max_epochs", "2", "--max_new_tokens", "14", "--max_input_len",
+                 "32", "--actor_lr", "1e-4", "--kl_coef", "0.02", "--max_datasets_size", "512"]) == 0
+    tokenizer = load_tokenizer(sft)
+    prompts = [[{"role": "user", "content": r["instruction"]}] for r in demo.prompt_records(256, seed=45, split="eval")]
+    scores = {path: evaluate_policy(Actor(pretrained=path).eval(), tokenizer, prompts, max_new_tokens=14,
+                                    score_fn=demo.ground_truth_score)["ground_truth"] for path in (sft, policy)}
+    assert scores[policy] > scores[sft] + 0.1, scores
