@@ -13,7 +13,7 @@ from ..nn import Actor, RewardModel
 from ..trainer.grpo import GRPOTrainer
 from ..trainer.utils import save_pretrained
 from .arguments import stage_parser
-from .common import build_tokenizer, metrics_logger, model_source, report_data, setup
+from .common import Interrupted, build_tokenizer, checkpointing, metrics_logger, model_source, report_data, setup
 from .configs_rl import GRPOConfig
 
 DEMO_PROMPTS = 1024
@@ -55,19 +55,23 @@ def run(args: GRPOConfig) -> dict:
     rewards = RewardFunctions(args.reward_fn, args.reward_weights, args.reward_workers, args.reward_timeout) \
         if args.reward_fn else None
     logged = metrics_logger(args, "grpo", strategy)
+    checkpoint, resume = checkpointing(args, strategy, "grpo")
     trainer = GRPOTrainer(actor, strategy, optim, reward_fn=rewards, reward_model=reward_model,
                           reference_model=reference, tokenizer=tokenizer, algo=args.algo,
                           num_samples_per_prompt=args.num_samples_per_prompt, max_epochs=args.max_epochs,
                           train_batch_size=args.train_batch_size, clip_eps=args.clip_eps, kl_coef=args.kl_coef,
                           kl_mode=args.kl_mode, loss_aggregation=args.loss_aggregation,
                           max_grad_norm=args.max_grad_norm, callbacks=[logged] if logged else [],
+                          checkpoint=checkpoint, save_interval=args.save_interval,
                           max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
                           top_p=args.top_p)
     try:
-        metrics = trainer.fit(loader, num_episodes=args.num_episodes)
+        metrics = trainer.fit(loader, num_episodes=args.num_episodes, resume_from=resume)
     finally:
         if rewards is not None:
             rewards.close()
+    if trainer.interrupted:
+        raise Interrupted("grpo", trainer.step, trainer.interrupted)
     if args.save_path:
         save_pretrained(strategy, actor, args.save_path, tokenizer)
     return metrics

@@ -7,6 +7,8 @@ never built. The PPO clipped objective then runs ``max_epochs`` passes over that
 The KL to the reference is a k3 loss term (GRPO) or a penalty in the reward (RLOO, REINFORCE++).
 """
 
+import os
+import signal
 from contextlib import nullcontext
 from dataclasses import dataclass, fields, replace
 from typing import Callable, Dict, List, Optional, Sequence
@@ -21,9 +23,10 @@ from ..functional import compute_kl, log_probs_from_logits, masked_mean
 from ..functional_rl import AGGREGATIONS, ADVANTAGE_ESTIMATORS, aggregate_loss, clipped_surrogate, \
     critic_free_advantages, kl_loss_term
 from .callbacks import Callback
-from .guards import agree_flags
+from .checkpoint import CheckpointManager
+from .guards import StopRequest, agree_flags
 from .strategies import Strategy
-from .utils import set_sampler_epoch, to_device
+from .utils import fresh_iterator, set_sampler_epoch, skip_batches, to_device
 
 # The choice each paper makes: (KL as "loss" term or in the "reward", loss aggregation).
 ALGO_DEFAULTS = {"grpo": ("loss", "sequence"), "dr_grpo": ("loss", "constant"), "rloo": ("reward", "token"),
@@ -61,6 +64,8 @@ class GRPOTrainer:
         max_epochs: PPO passes over each rollout batch. train_batch_size: rows per minibatch.
         clip_eps: PPO ratio clip. kl_coef: beta; 0 skips the reference entirely.
         kl_mode, loss_aggregation: ``"auto"`` takes the algorithm's own choice (``ALGO_DEFAULTS``).
+        checkpoint, save_interval: a ``CheckpointManager`` and the rollout batches between checkpoints
+            (weights, optimizer, schedule, RNG and prompt position: a resumed run continues exactly).
         **generate_kwargs: ``max_new_tokens``, ``do_sample``, ``temperature``, ``top_k``, ``top_p``.
     """
 
@@ -69,7 +74,8 @@ class GRPOTrainer:
                  tokenizer=None, lr_scheduler=None, algo: str = "grpo", num_samples_per_prompt: int = 4,
                  max_epochs: int = 1, train_batch_size: int = 8, clip_eps: float = 0.2, kl_coef: float = 0.04,
                  kl_mode: str = "auto", loss_aggregation: str = "auto", max_grad_norm: float = 1.0,
-                 callbacks: Sequence[Callback] = (), **generate_kwargs):
+                 callbacks: Sequence[Callback] = (), checkpoint: Optional[CheckpointManager] = None,
+                 save_interval: int = 0, **generate_kwargs):
         if algo not in ADVANTAGE_ESTIMATORS:
             raise ValueError(f"algo must be one of {ADVANTAGE_ESTIMATORS}, got {algo!r}")
         if reward_fn is None and reward_model is None:
@@ -92,7 +98,10 @@ class GRPOTrainer:
         self.aggregation = ALGO_DEFAULTS[algo][1] if loss_aggregation == "auto" else loss_aggregation
         self.generate_kwargs = {"eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id,
                                 **generate_kwargs}
+        self.checkpoint, self.save_interval = checkpoint, save_interval
         self.step = 0
+        self._position = {"episode": 0, "batch": 0}  # prompt batches consumed so far
+        self.interrupted = 0  # the signal number that stopped ``fit`` early (a checkpoint was written)
 
     # -- rollouts -------------------------------------------------------------------------------
     @torch.no_grad()
@@ -186,28 +195,66 @@ class GRPOTrainer:
             self.lr_scheduler.step()
         return {name: total / max(count, 1) for name, total in sums.items()}
 
-    def fit(self, prompt_dataloader: DataLoader, num_episodes: int = 1) -> Dict[str, float]:
+    # -- checkpoints and the loop ------------------------------------------------------------------
+    def save_checkpoint(self) -> Optional[str]:
+        if self.checkpoint is None:
+            return None
+        state = {"step": self.step, "position": dict(self._position),
+                 "scheduler": self.lr_scheduler.state_dict() if self.lr_scheduler is not None else None}
+        return self.checkpoint.save(self.step, {"actor": (self.actor, self.optim)}, state)
+
+    def resume(self, path: str) -> None:
+        """Continue from checkpoint directory ``path`` (written by ``save_checkpoint``)."""
+        manager = self.checkpoint or CheckpointManager(os.path.dirname(path), self.strategy)
+        state = manager.load(path, {"actor": (self.actor, self.optim)})
+        self.step, self._position = state["step"], dict(state["position"])
+        if self.lr_scheduler is not None and state["scheduler"] is not None:
+            self.lr_scheduler.load_state_dict(state["scheduler"])
+        for cb in self.callbacks:
+            cb.on_resume(self.step)
+
+    def fit(self, prompt_dataloader: DataLoader, num_episodes: int = 1,
+            resume_from: Optional[str] = None) -> Dict[str, float]:
         """``num_episodes`` passes over the prompts; one rollout batch and its updates per prompt batch."""
+        if resume_from:
+            self.resume(resume_from)
         metrics: Dict[str, float] = {}
         for cb in self.callbacks:
             cb.on_fit_start(self)
-        progress = tqdm(total=num_episodes * len(prompt_dataloader), desc=self.algo,
+        progress = tqdm(total=num_episodes * len(prompt_dataloader), initial=self.step, desc=self.algo,
                         disable=not self.strategy.is_rank0())
-        for episode in range(num_episodes):
-            set_sampler_epoch(prompt_dataloader, episode)
-            for batch in prompt_dataloader:
-                exp = self.make_experience(batch)
-                kl = (compute_kl(exp.log_probs, exp.ref_log_probs) * exp.action_mask).sum(-1)
-                stats = self.learn(exp)
-                self.step += 1
-                metrics = dict(zip(["reward", "kl", "response_length"], self.strategy.all_reduce_mean(
-                    [float(exp.scores.mean()), float(kl.mean()), float(exp.action_mask.sum(-1).mean())])))
-                metrics.update(stats, episode=episode)
-                for cb in self.callbacks:
-                    cb.on_log(self.step, metrics)
-                progress.update()
-                progress.set_postfix({"reward": f"{metrics['reward']:.3f}", "kl": f"{metrics['kl']:.3f}"})
+        start_episode, start_batch = self._position["episode"], self._position["batch"]
+        with StopRequest() as stop:
+            for episode in range(start_episode, num_episodes):
+                set_sampler_epoch(prompt_dataloader, episode)
+                skip = start_batch if episode == start_episode else 0
+                for i, batch in enumerate(fresh_iterator(skip_batches(prompt_dataloader, skip)), start=skip):
+                    metrics = self._train_on(batch, episode)
+                    self._position = {"episode": episode, "batch": i + 1}
+                    progress.update()
+                    progress.set_postfix({"reward": f"{metrics['reward']:.3f}", "kl": f"{metrics['kl']:.3f}"})
+                    (stopping,) = agree_flags([stop.signum is not None], self.strategy)
+                    if stopping or (self.save_interval and self.step % self.save_interval == 0):
+                        self.save_checkpoint()
+                    if stopping:
+                        self.interrupted = int(stop.signum or signal.SIGTERM)  # another rank's signal
+                        break
+                if self.interrupted:
+                    break
         progress.close()
         for cb in self.callbacks:
             cb.on_fit_end(self)
+        return metrics
+
+    def _train_on(self, batch: Dict, episode: int) -> Dict[str, float]:
+        """Rollout, updates and the logged metrics of one prompt batch."""
+        exp = self.make_experience(batch)
+        kl = (compute_kl(exp.log_probs, exp.ref_log_probs) * exp.action_mask).sum(-1)
+        stats = self.learn(exp)
+        self.step += 1
+        metrics = dict(zip(["reward", "kl", "response_length"], self.strategy.all_reduce_mean(
+            [float(exp.scores.mean()), float(kl.mean()), float(exp.action_mask.sum(-1).mean())])))
+        metrics.update(stats, episode=episode)
+        for cb in self.callbacks:
+            cb.on_log(self.step, metrics)
         return metrics

@@ -1,15 +1,22 @@
 """``minichatgpt grpo``: runs with a reward-function file and/or a reward model, its up-front checks, and
 the gain on the built-in task's hidden ground truth over SFT."""
 
+import os
+import signal
+import sys
 import textwrap
 
 import pytest
+import torch
 
 from minichatgpt import demo
 from minichatgpt.cli import main
 from minichatgpt.nn import Actor, load_tokenizer
 from minichatgpt.recipes.checks import UsageError, check_command
 from minichatgpt.recipes.evaluate import evaluate_policy
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from test_resume import assert_identical, run_worker  # noqa: E402
 
 SMALL = ["--num_episodes", "1", "--max_datasets_size", "8", "--experience_batch_size", "4", "--train_batch_size", "8",
          "--max_new_tokens", "4", "--num_samples_per_prompt", "2", "--log_interval", "1"]
@@ -77,3 +84,21 @@ def test_grpo_with_the_hidden_rule_beats_sft_on_the_ground_truth(algo, demo_sft,
     scores = {path: evaluate_policy(Actor(pretrained=path).eval(), tokenizer, prompts, max_new_tokens=14,
                                     score_fn=demo.ground_truth_score)["ground_truth"] for path in (sft, policy)}
     assert scores[policy] > scores[sft] + 0.1, scores
+
+
+def test_sigkill_then_resume_is_bit_identical(tiny_model_dirs, reward_file, tmp_path):
+    def args(path):  # 2 episodes x 2 prompt batches: checkpoints after each rollout batch
+        return ["grpo", "--pretrain", tiny_model_dirs["gpt2"], "--save_path", str(path), "--save_interval", "1",
+                "--seed", "7", "--reward_fn", f"{reward_file}:short", "--num_episodes", "2", "--max_datasets_size",
+                "8", "--experience_batch_size", "4", "--train_batch_size", "4", "--max_epochs", "2",
+                "--max_new_tokens", "5", "--actor_lr", "1e-3", "--log_interval", "1"]
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the worker subprocess: the same float reduction order
+    try:
+        assert main(args(tmp_path / "whole")) == 0
+        assert run_worker("kill_after_save", 3, args(tmp_path / "broken")) == -signal.SIGKILL
+        assert main(args(tmp_path / "broken") + ["--resume", "auto"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    assert_identical(tmp_path / "broken", tmp_path / "whole")
