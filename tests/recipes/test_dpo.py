@@ -42,6 +42,14 @@ def test_dpo_cli_trains_and_writes_model_config_metrics(tiny_model_dirs, tmp_pat
     assert '"reward_margin"' in metrics and '"sft_loss"' in metrics
 
 
+@pytest.mark.parametrize("family,extra", [("llama", ["--lora_rank", "4", "--loss_type", "ipo"]),
+                                          ("opt", ["--loss_type", "simpo", "--beta", "2", "--simpo_gamma", "1"])])
+def test_dpo_cli_with_lora_ipo_and_simpo(family, extra, tiny_model_dirs, tmp_path):
+    assert main(dpo_args(tiny_model_dirs[family], tmp_path, *extra)) == 0
+    assert (tmp_path / "model.safetensors").exists()
+    assert ("adapter" in os.listdir(tmp_path)) == ("--lora_rank" in extra)
+
+
 def test_dpo_checks(tiny_model_dirs):
     with pytest.raises(UsageError, match="--reference adapters_off needs LoRA"):
         check_command("dpo", ["--pretrain", tiny_model_dirs["gpt2"], "--reference", "adapters_off"])
