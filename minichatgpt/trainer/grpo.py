@@ -233,11 +233,7 @@ class GRPOTrainer:
                     self._position = {"episode": episode, "batch": i + 1}
                     progress.update()
                     progress.set_postfix({"reward": f"{metrics['reward']:.3f}", "kl": f"{metrics['kl']:.3f}"})
-                    (stopping,) = agree_flags([stop.signum is not None], self.strategy)
-                    if stopping or (self.save_interval and self.step % self.save_interval == 0):
-                        self.save_checkpoint()
-                    if stopping:
-                        self.interrupted = int(stop.signum or signal.SIGTERM)  # another rank's signal
+                    if self._save_or_stop(stop):
                         break
                 if self.interrupted:
                     break
@@ -245,6 +241,15 @@ class GRPOTrainer:
         for cb in self.callbacks:
             cb.on_fit_end(self)
         return metrics
+
+    def _save_or_stop(self, stop: StopRequest) -> bool:
+        """Checkpoint on the interval, or when a signal reached any rank; True when ``fit`` must stop."""
+        (stopping,) = agree_flags([stop.signum is not None], self.strategy)
+        if stopping or (self.save_interval and self.step % self.save_interval == 0):
+            self.save_checkpoint()
+        if stopping:
+            self.interrupted = int(stop.signum or signal.SIGTERM)  # the signal may have come to another rank
+        return stopping
 
     def _train_on(self, batch: Dict, episode: int) -> Dict[str, float]:
         """Rollout, updates and the logged metrics of one prompt batch."""

@@ -86,12 +86,45 @@ def test_grpo_with_the_hidden_rule_beats_sft_on_the_ground_truth(algo, demo_sft,
     assert scores[policy] > scores[sft] + 0.1, scores
 
 
+def resume_args(model, reward_fn, path):
+    """2 episodes x 2 prompt batches, a checkpoint after each rollout batch."""
+    return ["grpo", "--pretrain", model, "--save_path", str(path), "--save_interval", "1", "--seed", "7",
+            "--reward_fn", reward_fn, "--num_episodes", "2", "--max_datasets_size", "8", "--experience_batch_size",
+            "4", "--train_batch_size", "4", "--max_epochs", "2", "--max_new_tokens", "5", "--actor_lr", "1e-3",
+            "--log_interval", "1"]
+
+
+def test_sigterm_checkpoints_and_stops_then_resumes_identically(tiny_model_dirs, tmp_path):
+    """A reward function sends SIGTERM during the 2nd rollout: that batch finishes, is saved, and the run stops."""
+    rewards = tmp_path / "signalling.py"
+    rewards.write_text(textwrap.dedent('''
+        import os, signal
+
+        def short(prompts, responses, **columns):
+            calls = int(os.environ.get("SEND_SIGTERM", "0"))  # counts calls while set
+            if calls:
+                os.environ["SEND_SIGTERM"] = str(calls + 1)
+            if calls == 2:
+                os.kill(os.getpid(), signal.SIGTERM)
+            return [-len(r.split()) for r in responses]
+    '''))
+    model, spec = tiny_model_dirs["gpt2"], f"{rewards}:short"
+    assert main(resume_args(model, spec, tmp_path / "whole")) == 0
+    os.environ["SEND_SIGTERM"] = "1"
+    try:
+        with pytest.raises(SystemExit) as stopped:
+            main(resume_args(model, spec, tmp_path / "stopped"))
+    finally:
+        del os.environ["SEND_SIGTERM"]
+    assert stopped.value.code == 128 + signal.SIGTERM
+    assert sorted(os.listdir(tmp_path / "stopped" / "checkpoints")) == ["checkpoint-1", "checkpoint-2"]
+    assert main(resume_args(model, spec, tmp_path / "stopped") + ["--resume", "auto"]) == 0
+    assert_identical(tmp_path / "stopped", tmp_path / "whole")
+
+
 def test_sigkill_then_resume_is_bit_identical(tiny_model_dirs, reward_file, tmp_path):
-    def args(path):  # 2 episodes x 2 prompt batches: checkpoints after each rollout batch
-        return ["grpo", "--pretrain", tiny_model_dirs["gpt2"], "--save_path", str(path), "--save_interval", "1",
-                "--seed", "7", "--reward_fn", f"{reward_file}:short", "--num_episodes", "2", "--max_datasets_size",
-                "8", "--experience_batch_size", "4", "--train_batch_size", "4", "--max_epochs", "2",
-                "--max_new_tokens", "5", "--actor_lr", "1e-3", "--log_interval", "1"]
+    def args(path):
+        return resume_args(tiny_model_dirs["gpt2"], f"{reward_file}:short", path)
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as the worker subprocess: the same float reduction order
