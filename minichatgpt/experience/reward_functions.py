@@ -153,3 +153,25 @@ class RewardFunctions:
 
     def __del__(self):
         self.close()
+
+
+def decode_responses(tokenizer, sequences: torch.Tensor, action_mask: torch.Tensor) -> List[str]:
+    """The text of each row's response tokens (the last A positions, padding and special tokens dropped)."""
+    ids = sequences[:, -action_mask.size(1):].masked_fill(action_mask == 0, tokenizer.pad_token_id)
+    return tokenizer.batch_decode(ids, skip_special_tokens=True)
+
+
+class RolloutScorer:
+    """PPO's hook (``ExperienceMaker.score_fn``): reward functions on a rollout's decoded prompts and
+    responses, added to the reward model's scores (or alone, ``use_reward_model=False``). Prompts are
+    decoded from the rollout, so functions see the formatted prompt and get no dataset columns."""
+
+    def __init__(self, functions: RewardFunctions, tokenizer, use_reward_model: bool = True):
+        self.functions, self.tokenizer, self.use_reward_model = functions, tokenizer, use_reward_model
+
+    def __call__(self, rollout, scores: torch.Tensor) -> torch.Tensor:
+        num_prompt = rollout.sequences.size(1) - rollout.action_mask.size(1)
+        prompts = self.tokenizer.batch_decode(rollout.sequences[:, :num_prompt], skip_special_tokens=True)
+        responses = decode_responses(self.tokenizer, rollout.sequences, rollout.action_mask)
+        extra = self.functions(prompts, responses).to(device=scores.device, dtype=scores.dtype)
+        return scores + extra if self.use_reward_model else extra

@@ -2,14 +2,13 @@
 (``GRPOConfig``), declared like ``configs``'s, with the built-in task's sizes for each."""
 
 import dataclasses
-import math
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Optional
 
 from ..config import LENGTH, NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, UsageError, option
-from ..experience.reward_functions import RewardFunctionError, load_reward_function
 from ..functional_rl import ADVANTAGE_ESTIMATORS, AGGREGATIONS, PREFERENCE_LOSSES
 from ..trainer.dpo import REFERENCES
 from .configs import TOP_P, RunConfig, SupervisedConfig
+from .reward_config import RewardFunctionFields, check_reward_functions
 
 HALF_OPEN_UNIT = ("a number in [0, 0.5)", lambda v: 0 <= v < 0.5)
 
@@ -42,19 +41,12 @@ class DPOConfig(SupervisedConfig):
 
 
 @dataclasses.dataclass
-class GRPOConfig(RunConfig):
+class GRPOConfig(RunConfig, RewardFunctionFields):
     """``minichatgpt grpo``: critic-free RL on prompts (GRPO, Dr. GRPO, RLOO, REINFORCE++), rewarded by
     reward functions (``--reward_fn``) and/or a reward model (``--rm_pretrain``)."""
     prompt_path: Optional[str] = option(None, "prompts (the PPO formats); other record fields reach reward "
                                               "functions as columns; default: built-in")
     rm_pretrain: Optional[str] = option(None, "reward model directory whose score is added to the reward functions'")
-    reward_fn: List[str] = option(help="reward function path/to/file.py:name or package.module:name (repeatable; "
-                                       "the built-in task: minichatgpt.demo:hidden_rule_reward)", default_factory=list)
-    reward_weights: List[float] = option(help="one weight per --reward_fn (default: all 1)", default_factory=list)
-    reward_workers: int = option(0, "worker processes for reward functions (0: in the training process, no timeout)",
-                                 rule=NON_NEGATIVE_INT)
-    reward_timeout: float = option(60.0, "seconds one reward-function call may take with --reward_workers",
-                                   rule=POSITIVE)
     algo: str = option("grpo", "advantage estimator", choices=ADVANTAGE_ESTIMATORS)
     num_samples_per_prompt: int = option(4, "responses sampled per prompt (G)", rule=POSITIVE_INT)
     num_episodes: int = option(1, "passes over the prompts", rule=POSITIVE_INT)
@@ -80,19 +72,10 @@ class GRPOConfig(RunConfig):
         super().check()
         if not self.reward_fn and not self.rm_pretrain:
             raise UsageError("give --reward_fn (path/to/file.py:name or package.module:name), --rm_pretrain, or both")
-        if self.reward_weights and len(self.reward_weights) != len(self.reward_fn):
-            raise UsageError(f"--reward_weights has {len(self.reward_weights)} values for {len(self.reward_fn)} "
-                             "--reward_fn functions")
-        if any(not math.isfinite(w) for w in self.reward_weights):
-            raise UsageError(f"--reward_weights must be finite numbers, got {self.reward_weights}")
+        check_reward_functions(self)
         if self.num_samples_per_prompt < 2 and self.algo != "reinforce_pp":
             raise UsageError(f"--algo {self.algo} compares the samples of a prompt: --num_samples_per_prompt must "
                              f"be >= 2, got {self.num_samples_per_prompt}")
-        for spec in self.reward_fn:
-            try:
-                load_reward_function(spec)
-            except RewardFunctionError as e:
-                raise UsageError(f"--reward_fn: {e}") from None
 
 
 RL_STAGES: Dict[str, type] = {"dpo": DPOConfig, "grpo": GRPOConfig}

@@ -8,13 +8,13 @@ import torch
 from .. import demo
 from ..config import ConfigParser
 from ..data import PromptDataset, RewardPromptCollator
-from ..experience.reward_functions import RewardFunctions
 from ..nn import Actor, RewardModel
 from ..trainer.grpo import GRPOTrainer
 from ..trainer.utils import save_pretrained
 from .arguments import stage_parser
 from .common import Interrupted, build_tokenizer, checkpointing, metrics_logger, model_source, report_data, setup
 from .configs_rl import GRPOConfig
+from .reward_config import build_reward_functions
 
 DEMO_PROMPTS = 1024
 
@@ -52,8 +52,7 @@ def run(args: GRPOConfig) -> dict:
                                        collate_fn=RewardPromptCollator(tokenizer.pad_token_id), seed=args.seed)
     optim = torch.optim.Adam([p for p in actor.parameters() if p.requires_grad], lr=args.actor_lr)
     (actor, optim), reward_model, reference = strategy.prepare((actor, optim), reward_model, reference)
-    rewards = RewardFunctions(args.reward_fn, args.reward_weights, args.reward_workers, args.reward_timeout) \
-        if args.reward_fn else None
+    rewards = build_reward_functions(args)
     logged = metrics_logger(args, "grpo", strategy)
     checkpoint, resume = checkpointing(args, strategy, "grpo")
     trainer = GRPOTrainer(actor, strategy, optim, reward_fn=rewards, reward_model=reward_model,

@@ -13,6 +13,7 @@ import torch
 
 from .. import demo
 from ..data import PretrainDataset, PromptCollator, PromptDataset, SFTCollator
+from ..experience.reward_functions import RolloutScorer
 from ..nn import Actor, Critic, RewardModel, is_lora
 from ..trainer import PerformanceEvaluator, PPOTrainer
 from ..config import ConfigParser, UsageError
@@ -20,6 +21,7 @@ from ..trainer.utils import save_pretrained
 from .arguments import stage_parser
 from .common import Interrupted, build_tokenizer, checkpointing, metrics_logger, report_data, setup
 from .configs import PPOConfig
+from .reward_config import build_reward_functions
 
 DEMO_PROMPTS = 512
 
@@ -108,9 +110,16 @@ def run(args: PPOConfig) -> dict:
                          save_interval=args.save_interval, max_nonfinite_steps=args.max_nonfinite_steps,
                          max_new_tokens=args.max_new_tokens, do_sample=not args.greedy,
                          temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
-    metrics = trainer.fit(prompt_loader, pretrain_loader, num_episodes=args.num_episodes,
-                          max_timesteps=args.max_timesteps, update_timesteps=args.update_timesteps,
-                          resume_from=resume)
+    rewards = build_reward_functions(args)
+    if rewards is not None:  # without a trained reward model the functions alone are the reward
+        trainer.maker.score_fn = RolloutScorer(rewards, tokenizer, bool(args.rm_pretrain or args.rm_path))
+    try:
+        metrics = trainer.fit(prompt_loader, pretrain_loader, num_episodes=args.num_episodes,
+                              max_timesteps=args.max_timesteps, update_timesteps=args.update_timesteps,
+                              resume_from=resume)
+    finally:
+        if rewards is not None:
+            rewards.close()
     if trainer.interrupted:
         raise Interrupted("ppo", trainer.step, trainer.interrupted)
     if args.save_path:

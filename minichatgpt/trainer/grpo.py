@@ -19,6 +19,7 @@ from torch.optim import Optimizer
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from ..experience.reward_functions import decode_responses
 from ..functional import compute_kl, log_probs_from_logits, masked_mean
 from ..functional_rl import AGGREGATIONS, ADVANTAGE_ESTIMATORS, aggregate_loss, clipped_surrogate, \
     critic_free_advantages, kl_loss_term
@@ -121,9 +122,7 @@ class GRPOTrainer:
         """(B,) rewards: the reward functions on the decoded texts plus the reward model's score."""
         scores = torch.zeros(sequences.size(0), device=sequences.device)
         if self.reward_fn is not None:
-            num_actions = action_mask.size(1)
-            ids = sequences[:, -num_actions:].masked_fill(action_mask == 0, self.tokenizer.pad_token_id)
-            responses = self.tokenizer.batch_decode(ids, skip_special_tokens=True)
+            responses = decode_responses(self.tokenizer, sequences, action_mask)
             prompts = [p for p in batch["prompts"] for _ in range(self.group_size)]
             columns = {k: [v for v in vs for _ in range(self.group_size)] for k, vs in batch["columns"].items()}
             scores += self.reward_fn(prompts, responses, columns).to(scores.device)

@@ -135,3 +135,33 @@ def test_sigkill_then_resume_is_bit_identical(tiny_model_dirs, reward_file, tmp_
     finally:
         torch.set_num_threads(threads)
     assert_identical(tmp_path / "broken", tmp_path / "whole")
+
+
+def test_ppo_takes_reward_functions(tiny_model_dirs, reward_file, tmp_path, monkeypatch):
+    """Without a trained reward model the functions alone are the reward; with one they are added to it."""
+    from minichatgpt.experience import maker
+
+    seen = []
+    make = maker.ExperienceMaker.make_experience
+
+    def recording(self, rollout, kl_coef):
+        experience = make(self, rollout, kl_coef)
+        seen.append((self.score_fn.use_reward_model, experience.scores, rollout))
+        return experience
+
+    monkeypatch.setattr(maker.ExperienceMaker, "make_experience", recording)
+    model = tiny_model_dirs["gpt2"]
+    common = ["ppo", "--pretrain", model, "--reward_fn", f"{reward_file}:short", "--reward_weights", "2",
+              "--num_episodes", "1", "--max_timesteps", "1", "--update_timesteps", "1", "--experience_batch_size", "4",
+              "--train_batch_size", "4", "--max_new_tokens", "4", "--max_datasets_size", "4"]
+    assert main(common + ["--save_path", str(tmp_path / "alone")]) == 0
+    assert main(common + ["--rm_pretrain", model, "--save_path", str(tmp_path / "added")]) == 0
+    (alone, scores, rollout), (added, _, _) = seen
+    assert not alone and added
+    tokenizer = load_tokenizer(model)
+    from minichatgpt.experience.reward_functions import decode_responses
+
+    expected = [-2.0 * len(r.split()) for r in decode_responses(tokenizer, rollout.sequences, rollout.action_mask)]
+    assert scores.tolist() == expected
+    with pytest.raises(UsageError, match="--reward_fn: .*has no function 'nope'"):
+        check_command("ppo", ["--pretrain", model, "--reward_fn", f"{reward_file}:nope"])
