@@ -73,20 +73,23 @@ def test_sigkill_then_resume_is_bit_identical(tiny_model_dirs, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.distributed
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp", "deepspeed_zero2", "deepspeed_zero3"])
 @pytest.mark.parametrize("command,extra", [
     ("dpo", ["--max_datasets_size", "32", "--batch_size", "8", "--eval_ratio", "0.25"]),
     ("grpo", ["--reward_fn", "minichatgpt.demo:hidden_rule_reward", "--max_datasets_size", "16",
               "--experience_batch_size", "4", "--train_batch_size", "8", "--max_new_tokens", "6"])])
-def test_under_torchrun_ddp(command, extra, tiny_model_dirs, tmp_path):
+def test_under_torchrun(strategy, command, extra, tiny_model_dirs, tmp_path):
     """Two gloo processes: the run finishes, rank 0 alone writes metrics and the model."""
     import json
     import subprocess
 
-    from test_scripts_distributed import free_port
+    from test_scripts_distributed import deepspeed_available, free_port
 
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    if strategy.startswith("deepspeed") and not deepspeed_available():
+        pytest.skip("deepspeed is not installed (pip install -e .[deepspeed])")
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore", DS_ACCELERATOR="cpu")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(free_port()), "-m", "minichatgpt.cli", command, "--strategy", "ddp", "--pretrain",
+           "--master_port", str(free_port()), "-m", "minichatgpt.cli", command, "--strategy", strategy, "--pretrain",
            tiny_model_dirs["gpt2"], "--save_path", str(tmp_path), "--log_interval", "1", *extra]
     result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=400)
     assert result.returncode == 0, result.stderr[-3000:]
