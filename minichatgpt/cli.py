@@ -8,6 +8,8 @@ COMMANDS = {
     "sft": "stage 1: supervised fine-tuning (examples/train_sft.py)",
     "rm": "stage 2: reward-model training (examples/train_reward_model.py)",
     "ppo": "stage 3: PPO(-ptx) on prompts (examples/train_prompts.py)",
+    "dpo": "DPO / IPO / SimPO on preference pairs, no reward model (examples/train_dpo.py)",
+    "grpo": "critic-free RL: GRPO / Dr. GRPO / RLOO / REINFORCE++ with --reward_fn (examples/train_grpo.py)",
     "eval": "RM accuracy, policy win rate vs a baseline by a judge, perplexity",
 }
 SERVING = {"chat": "multi-turn chat in the terminal", "serve": "OpenAI-compatible HTTP server with a web page"}

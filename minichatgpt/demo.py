@@ -149,3 +149,9 @@ def prompt_records(n: int, seed: int = 2, split: str = "train") -> List[dict]:
     """``n`` ``{"instruction"}`` prompts for PPO (``split="train"``) or evaluation (``split="eval"``)."""
     rng = random.Random(seed)
     return [{"instruction": _question(rng, split)[0]} for _ in range(n)]
+
+
+def hidden_rule_reward(prompts: List[str], responses: List[str], **columns) -> List[float]:
+    """The hidden rule as a reward function (``--reward_fn minichatgpt.demo:hidden_rule_reward``), so
+    RL on the built-in task can use a verifiable reward instead of the learned reward model."""
+    return [ground_truth_score(p, r) for p, r in zip(prompts, responses)]

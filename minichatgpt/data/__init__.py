@@ -5,7 +5,8 @@
 batches on an explicit side. Every data problem is a :class:`DataError` naming file, row and field.
 """
 
-from minichatgpt.data.collate import PreferenceCollator, PromptCollator, SFTCollator, pad_sequences
+from minichatgpt.data.collate import (DPOCollator, PreferenceCollator, PromptCollator, RewardPromptCollator,
+                                      SFTCollator, pad_sequences)
 from minichatgpt.data.fields import (Format, check_messages, detect_format, invalid_field, missing_field, optional,
                                      require, split_dialogue, wrong_type)
 from minichatgpt.data.preference import PreferenceDataset
@@ -17,7 +18,7 @@ from minichatgpt.data.sft import SFTDataset
 __all__ = [
     "DataError", "read_records",
     "SFTDataset", "PreferenceDataset", "PromptDataset", "PretrainDataset",
-    "SFTCollator", "PreferenceCollator", "PromptCollator", "pad_sequences",
+    "SFTCollator", "PreferenceCollator", "DPOCollator", "RewardPromptCollator", "PromptCollator", "pad_sequences",
     "Format", "detect_format", "require", "optional", "missing_field", "wrong_type", "invalid_field",
     "check_messages", "split_dialogue",
 ]

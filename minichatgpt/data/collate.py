@@ -81,6 +81,22 @@ class PreferenceCollator:
         return batch
 
 
+class DPOCollator:
+    """``PreferenceCollator``'s batch plus ``chosen_response_mask`` and ``rejected_response_mask`` (B, T)
+    long, 1 on response tokens (after the prompt, before the padding), for sequence log-probs."""
+
+    def __init__(self, pad_token_id: int):
+        self.pairs = PreferenceCollator(pad_token_id)
+
+    def __call__(self, items: List[Batch]) -> Batch:
+        batch = self.pairs(items)
+        positions = torch.arange(batch["chosen_input_ids"].size(1))[None]  # (1, T)
+        for side in ("chosen", "rejected"):
+            prompt_len = torch.tensor([it[f"{side}_prompt_len"] for it in items])[:, None]  # (B, 1)
+            batch[f"{side}_response_mask"] = (positions >= prompt_len).long() * batch[f"{side}_attention_mask"]
+        return batch
+
+
 class PromptCollator:
     """Left-pads prompts for generation: ``input_ids`` (B, T) and ``attention_mask`` (B, T)."""
 
@@ -90,3 +106,18 @@ class PromptCollator:
     def __call__(self, items: List[Batch]) -> Batch:
         input_ids, attention_mask = pad_sequences([it["input_ids"] for it in items], self.pad_token_id, "left")
         return {"input_ids": input_ids, "attention_mask": attention_mask}
+
+
+class RewardPromptCollator:
+    """``PromptCollator``'s batch plus what reward functions take: ``prompts`` (the raw user turns) and
+    ``columns`` (each other record field as a list over the batch; None where a record lacks it)."""
+
+    def __init__(self, pad_token_id: int):
+        self.prompts = PromptCollator(pad_token_id)
+
+    def __call__(self, items: List[Batch]) -> Batch:
+        batch = self.prompts(items)
+        names = sorted({name for it in items for name in it.get("columns", {})})
+        batch["prompts"] = [it.get("prompt", "") for it in items]
+        batch["columns"] = {name: [it.get("columns", {}).get(name) for it in items] for name in names}
+        return batch

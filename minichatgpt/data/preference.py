@@ -73,7 +73,8 @@ class PreferenceDataset(Dataset):
         locations: the location of each item's record (``"data.jsonl:3"``, as ``load_rows`` names it),
             so that a report can read other fields of that record (e.g. RewardBench's ``subset``).
 
-    Items: ``{"chosen_input_ids": (T_c,) long, "rejected_input_ids": (T_r,) long}``.
+    Items: ``{"chosen_input_ids": (T_c,) long, "rejected_input_ids": (T_r,) long, "chosen_prompt_len": int,
+    "rejected_prompt_len": int}`` (the prompt lengths let DPO score response tokens only).
     """
 
     def __init__(self, source: Source, tokenizer: PreTrainedTokenizerBase, max_len: int = 512,
@@ -97,7 +98,9 @@ class PreferenceDataset(Dataset):
                 chosen_ids = (prompt_ids + encoder.response_ids(chosen))[:max_len]
                 rejected_ids = (rejected_prompt_ids + encoder.response_ids(rejected))[:max_len]
                 self.examples.append({"chosen_input_ids": torch.tensor(chosen_ids, dtype=torch.long),
-                                      "rejected_input_ids": torch.tensor(rejected_ids, dtype=torch.long)})
+                                      "rejected_input_ids": torch.tensor(rejected_ids, dtype=torch.long),
+                                      "chosen_prompt_len": len(prompt_ids),
+                                      "rejected_prompt_len": len(rejected_prompt_ids)})
                 self.locations.append(where)
         invalid.report(len(self.examples) + self.num_truncated_away)
         self.num_invalid_skipped = invalid.count

@@ -28,6 +28,8 @@ PROMPT_FORMATS = (
     Format("sharegpt", ("conversations",), "conversations"),
     Format("hh-rlhf", ("chosen",), "chosen as an hh-rlhf dialogue"),
 )
+# Fields that make up the prompt; a record's other fields are its ``columns`` (for reward functions).
+PROMPT_FIELDS = ("instruction", "input", "instances", "prompt", "messages", "conversations", "chosen", "rejected")
 
 
 def prompt_conversations(record: Record, fmt: Format, where: str) -> List[List[Message]]:
@@ -71,7 +73,8 @@ class PromptDataset(Dataset):
         messages: the whole conversation of each item as role/content messages; multi-turn prompts
             (hh-rlhf, chat records) need these to be rendered again with their context.
 
-    Items: ``{"input_ids": (T,) long}``.
+    Items: ``{"input_ids": (T,) long, "prompt": the raw user turn, "columns": the record's other fields}``
+    (``prompt`` and ``columns`` are what reward functions receive).
     """
 
     def __init__(self, source: Source, tokenizer: PreTrainedTokenizerBase, max_len: int = 512,
@@ -88,8 +91,11 @@ class PromptDataset(Dataset):
                 conversations = prompt_conversations(record, fmt, where)
                 ids = [encoder.keep_tail(encoder.prompt_ids(messages, where), max_len) for messages in conversations]
                 for prompt_ids, messages in zip(ids, conversations):
-                    self.examples.append({"input_ids": torch.tensor(prompt_ids, dtype=torch.long)})
-                    self.prompts.append(next(m["content"] for m in reversed(messages) if m["role"] == "user"))
+                    prompt = next(m["content"] for m in reversed(messages) if m["role"] == "user")
+                    columns = {k: v for k, v in record.items() if k not in PROMPT_FIELDS}
+                    self.examples.append({"input_ids": torch.tensor(prompt_ids, dtype=torch.long), "prompt": prompt,
+                                          "columns": columns})
+                    self.prompts.append(prompt)
                     self.messages.append(messages)
         invalid.report(len(self.examples))
         self.num_invalid_skipped = invalid.count

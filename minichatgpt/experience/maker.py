@@ -10,7 +10,7 @@ Reads like the recipe (InstructGPT arXiv:2203.02155, section 3.5):
 """
 
 from contextlib import nullcontext
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 import torch.nn as nn
@@ -48,6 +48,8 @@ class ExperienceMaker:
         self.score_clip = score_clip
         self.score_moments = RunningMoments() if normalize_scores else None
         self.whiten_advantages = whiten_advantages
+        # (rollout, reward-model scores) -> scores; reward functions hook in here (RolloutScorer)
+        self.score_fn: Optional[Callable[[Rollout, torch.Tensor], torch.Tensor]] = None
 
     @torch.no_grad()
     def reference_log_probs(self, rollout: Rollout) -> torch.Tensor:
@@ -67,6 +69,8 @@ class ExperienceMaker:
         ref_log_probs = self.reference_log_probs(rollout)  # (B, A)
         values = self.critic(sequences, attention_mask, num_actions) * action_mask  # (B, A)
         scores = self.reward_model(sequences, attention_mask)  # (B,)
+        if self.score_fn is not None:
+            scores = self.score_fn(rollout, scores)
 
         if self.score_moments is not None:
             self.score_moments.update(scores)

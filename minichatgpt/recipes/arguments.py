@@ -11,6 +11,12 @@ from typing import Any, Callable, Dict, List, Optional
 
 from ..config import ConfigParser, UsageError, dump_yaml, field_defaults
 from .configs import DATA_FIELD, DEMO, STAGES, PipelineConfig
+from .configs_rl import RL_DATA_FIELD, RL_DEMO, RL_STAGES
+
+# Every stage command's config, built-in sizes and data flag (the pipeline's stages and the others).
+COMMAND_CONFIGS = {**STAGES, **RL_STAGES}
+COMMAND_DEMO = {**DEMO, **RL_DEMO}
+COMMAND_DATA = {**DATA_FIELD, **RL_DATA_FIELD}
 
 # Pipeline fields that every stage takes as its own (unless its section sets them).
 SHARED = ("strategy", "seed", "skip_invalid_rows", "save_interval", "save_total_limit", "report_to", "log_level")
@@ -20,15 +26,16 @@ PIPELINE_DATA = {"sft": "sft_dataset", "rm": "rm_dataset", "ppo": "prompt_datase
 def demo_preset(stage: str) -> Callable[[Dict[str, Any]], Dict[str, Any]]:
     """The built-in task's sizes for ``stage`` when neither ``--pretrain`` nor its data flag is given."""
     def preset(values: Dict[str, Any]) -> Dict[str, Any]:
-        builtin = values.get("pretrain") is None and values.get(DATA_FIELD[stage]) is None
-        return dict(DEMO[stage]) if builtin else {}
+        builtin = values.get("pretrain") is None and values.get(COMMAND_DATA[stage]) is None
+        return dict(COMMAND_DEMO[stage]) if builtin else {}
 
     return preset
 
 
 def stage_parser(stage: str, prog: Optional[str] = None) -> ConfigParser:
-    cls = STAGES[stage]
-    epilog = f"With neither --pretrain nor --{DATA_FIELD[stage]} the built-in demo runs, with defaults {DEMO[stage]}."
+    cls = COMMAND_CONFIGS[stage]
+    epilog = (f"With neither --pretrain nor --{COMMAND_DATA[stage]} the built-in demo runs, with defaults "
+              f"{COMMAND_DEMO[stage]}.")
     return ConfigParser(cls, demo_preset(stage), prog=prog, description=cls.__doc__, epilog=epilog)
 
 

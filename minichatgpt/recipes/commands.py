@@ -7,7 +7,8 @@ built-in SFT and reward models first, with the PPO flags given here as its PPO s
 
 from typing import List, Optional
 
-from . import eval as eval_recipe, pipeline, ppo as ppo_recipe, rm as rm_recipe, sft as sft_recipe
+from . import dpo as dpo_recipe, eval as eval_recipe, grpo as grpo_recipe, pipeline, ppo as ppo_recipe
+from . import rm as rm_recipe, sft as sft_recipe
 from .arguments import pipeline_values_for_ppo
 
 
@@ -29,6 +30,14 @@ def ppo(argv: Optional[List[str]] = None) -> dict:
     return ppo_recipe.run(config)
 
 
+def dpo(argv: Optional[List[str]] = None) -> dict:
+    return dpo_recipe.main(argv)
+
+
+def grpo(argv: Optional[List[str]] = None) -> dict:
+    return grpo_recipe.main(argv)
+
+
 def run_pipeline(argv: Optional[List[str]] = None) -> dict:
     return pipeline.main(argv)
 
@@ -37,4 +46,4 @@ def evaluate(argv: Optional[List[str]] = None) -> dict:
     return eval_recipe.main(argv)
 
 
-COMMANDS = {"pipeline": run_pipeline, "sft": sft, "rm": rm, "ppo": ppo, "eval": evaluate}
+COMMANDS = {"pipeline": run_pipeline, "sft": sft, "rm": rm, "ppo": ppo, "dpo": dpo, "grpo": grpo, "eval": evaluate}

@@ -17,6 +17,7 @@ from ..log import LEVELS
 from ..trainer.configs import PPOTrainerConfig, SupervisedTrainerConfig, TrainingConfig
 from ..trainer.strategies import STRATEGY_NAMES
 from ..trainer.trackers import TRACKERS
+from .reward_config import RewardFunctionFields, check_reward_functions
 
 MODEL_FAMILIES = ("auto", "gpt2", "opt", "bloom", "llama")
 EVAL_RATIO: Rule = ("a number in [0, 1) (1 would leave nothing to train on)", lambda v: 0 <= v < 1)
@@ -94,8 +95,10 @@ class RMConfig(SupervisedConfig):
 
 
 @dataclasses.dataclass
-class PPOConfig(RunConfig, PPOTrainerConfig):
-    """``minichatgpt ppo``: stage 3, PPO(-ptx) on prompts. The algorithm's fields are ``PPOTrainerConfig``'s."""
+class PPOConfig(RunConfig, PPOTrainerConfig, RewardFunctionFields):
+    """``minichatgpt ppo``: stage 3, PPO(-ptx) on prompts. The algorithm's fields are ``PPOTrainerConfig``'s;
+    ``--reward_fn`` adds reward functions to the reward model's score (or replaces it when neither
+    --rm_pretrain nor --rm_path is given)."""
     prompt_path: Optional[str] = option(None, "prompts (instruction/prompt/messages fields, or hh-rlhf "
                                               "dialogues); default: built-in")
     pretrain_dataset: Optional[str] = option(None, "PPO-ptx data ({'text'} records or SFT formats)")
@@ -114,6 +117,7 @@ class PPOConfig(RunConfig, PPOTrainerConfig):
 
     def check(self) -> None:
         super().check()
+        check_reward_functions(self)
         if not self.greedy and not (math.isfinite(self.temperature) and self.temperature > 0):
             raise UsageError(f"--temperature must be a finite number > 0 when sampling (or pass --greedy), "
                              f"got {self.temperature!r}")

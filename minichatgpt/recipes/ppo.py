@@ -13,6 +13,7 @@ import torch
 
 from .. import demo
 from ..data import PretrainDataset, PromptCollator, PromptDataset, SFTCollator
+from ..experience.reward_functions import RolloutScorer
 from ..nn import Actor, Critic, RewardModel, is_lora
 from ..trainer import PerformanceEvaluator, PPOTrainer
 from ..config import ConfigParser, UsageError
@@ -22,6 +23,7 @@ from ..log import get_logger
 from .common import Interrupted, build_tokenizer, checkpointing, metrics_logger, report_data, setup
 from .configs import PPOConfig
 from .path_checks import saves_state_dict
+from .reward_config import build_reward_functions
 
 DEMO_PROMPTS = 512
 logger = get_logger(__name__)
@@ -119,9 +121,16 @@ def run(args: PPOConfig) -> dict:
     trainer = PPOTrainer(strategy, actor, critic, reward_model, reference, actor_optim, critic_optim, config=args,
                          tokenizer=tokenizer, callbacks=[performance] + ([logged] if logged else []),
                          checkpoint_manager=checkpoint)
-    metrics = trainer.fit(prompt_loader, pretrain_loader, num_episodes=args.num_episodes,
-                          max_timesteps=args.max_timesteps, update_timesteps=args.update_timesteps,
-                          resume_from=resume)
+    rewards = build_reward_functions(args)
+    if rewards is not None:  # without a trained reward model the functions alone are the reward
+        trainer.maker.score_fn = RolloutScorer(rewards, tokenizer, bool(args.rm_pretrain or args.rm_path))
+    try:
+        metrics = trainer.fit(prompt_loader, pretrain_loader, num_episodes=args.num_episodes,
+                              max_timesteps=args.max_timesteps, update_timesteps=args.update_timesteps,
+                              resume_from=resume)
+    finally:
+        if rewards is not None:
+            rewards.close()
     if trainer.interrupted:
         raise Interrupted("ppo", trainer.step, trainer.interrupted)
     if saves_state_dict(args.save_path):  # the original project's actor_checkpoint_prompts.pt

@@ -1,0 +1,80 @@
+"""Critic-free RL recipe (``examples/train_grpo.py``, ``minichatgpt grpo``): GRPO, Dr. GRPO, RLOO or
+REINFORCE++ from the SFT model, rewarded by reward functions and/or a reward model. No critic is built."""
+
+from typing import List, Optional
+
+import torch
+
+from .. import demo
+from ..config import ConfigParser
+from ..data import PromptDataset, RewardPromptCollator
+from ..nn import Actor, RewardModel
+from ..trainer.grpo import GRPOTrainer
+from ..trainer.utils import save_pretrained
+from .arguments import stage_parser
+from .common import Interrupted, build_tokenizer, checkpointing, metrics_logger, model_source, report_data, setup
+from .configs_rl import GRPOConfig
+from .reward_config import build_reward_functions
+
+DEMO_PROMPTS = 1024
+
+
+def build_parser() -> ConfigParser:
+    """``parse_args`` of this parser returns a :class:`GRPOConfig`."""
+    return stage_parser("grpo")
+
+
+def build_models(args: GRPOConfig, tokenizer):
+    """Policy, reference (None when LoRA's adapters-off base serves, or without a KL term) and reward model."""
+    source = model_source(args, tokenizer)
+    actor = Actor(**source, checkpoint=args.grad_checkpoint, lora_rank=args.lora_rank,
+                  lora_train_bias=args.lora_train_bias)
+    reference = None
+    if args.kl_coef > 0 and args.lora_rank == 0:
+        reference = Actor(**source).requires_grad_(False)
+        if "config" in source:  # the built-in model is random: the reference must start from the same weights
+            reference.load_state_dict(actor.state_dict())
+    reward_model = RewardModel(pretrained=args.rm_pretrain).requires_grad_(False) if args.rm_pretrain else None
+    return actor, reference, reward_model
+
+
+def run(args: GRPOConfig) -> dict:
+    """Train the policy and save it; returns the last logged metrics."""
+    strategy = setup(args, "grpo")
+    tokenizer = build_tokenizer(args)
+    with strategy.model_init_context():
+        actor, reference, reward_model = build_models(args, tokenizer)
+    prompts = PromptDataset(args.prompt_path or demo.prompt_records(DEMO_PROMPTS, seed=args.seed + 2), tokenizer,
+                            max_len=args.max_input_len, max_datasets_size=args.max_datasets_size,
+                            skip_invalid=args.skip_invalid_rows)
+    report_data("grpo", "prompts", prompts, args.prompt_path or "the built-in task")
+    loader = strategy.setup_dataloader(prompts, args.experience_batch_size, shuffle=True,
+                                       collate_fn=RewardPromptCollator(tokenizer.pad_token_id), seed=args.seed)
+    optim = torch.optim.Adam([p for p in actor.parameters() if p.requires_grad], lr=args.actor_lr)
+    (actor, optim), reward_model, reference = strategy.prepare((actor, optim), reward_model, reference)
+    rewards = build_reward_functions(args)
+    logged = metrics_logger(args, "grpo", strategy)
+    checkpoint, resume = checkpointing(args, strategy, "grpo")
+    trainer = GRPOTrainer(actor, strategy, optim, reward_fn=rewards, reward_model=reward_model,
+                          reference_model=reference, tokenizer=tokenizer, algo=args.algo,
+                          num_samples_per_prompt=args.num_samples_per_prompt, max_epochs=args.max_epochs,
+                          train_batch_size=args.train_batch_size, clip_eps=args.clip_eps, kl_coef=args.kl_coef,
+                          kl_mode=args.kl_mode, loss_aggregation=args.loss_aggregation,
+                          max_grad_norm=args.max_grad_norm, callbacks=[logged] if logged else [],
+                          checkpoint=checkpoint, save_interval=args.save_interval,
+                          max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                          top_p=args.top_p)
+    try:
+        metrics = trainer.fit(loader, num_episodes=args.num_episodes, resume_from=resume)
+    finally:
+        if rewards is not None:
+            rewards.close()
+    if trainer.interrupted:
+        raise Interrupted("grpo", trainer.step, trainer.interrupted)
+    if args.save_path:
+        save_pretrained(strategy, actor, args.save_path, tokenizer)
+    return metrics
+
+
+def main(argv: Optional[List[str]] = None) -> dict:
+    return run(build_parser().parse_args(argv))
