@@ -10,7 +10,9 @@ import shlex
 from typing import Any, Callable, Dict, List, Optional
 
 from ..config import ConfigParser, UsageError, dump_yaml, field_defaults
-from .configs import DATA_FIELD, DEMO, STAGES, PipelineConfig
+from ..functional_rl import ADVANTAGE_ESTIMATORS
+from .configs import DATA_FIELD, DEMO, STAGES
+from .configs_pipeline import SECTIONS, PipelineConfig
 from .configs_rl import RL_DATA_FIELD, RL_DEMO, RL_STAGES
 
 # Every stage command's config, built-in sizes and data flag (the pipeline's stages and the others).
@@ -20,7 +22,9 @@ COMMAND_DATA = {**DATA_FIELD, **RL_DATA_FIELD}
 
 # Pipeline fields that every stage takes as its own (unless its section sets them).
 SHARED = ("strategy", "seed", "skip_invalid_rows", "save_interval", "save_total_limit", "report_to", "log_level")
-PIPELINE_DATA = {"sft": "sft_dataset", "rm": "rm_dataset", "ppo": "prompt_dataset"}
+# The pipeline's data field that each section reads (DPO learns from the reward model's pairs).
+PIPELINE_DATA = {"sft": "sft_dataset", "rm": "rm_dataset", "ppo": "prompt_dataset", "dpo": "rm_dataset",
+                 "grpo": "prompt_dataset"}
 
 
 def demo_preset(stage: str) -> Callable[[Dict[str, Any]], Dict[str, Any]]:
@@ -47,7 +51,7 @@ class PipelineParser(ConfigParser):
 
     def given_values(self, args: Optional[List[str]] = None) -> Dict[str, Any]:
         values = super().given_values(args)
-        for stage in STAGES:
+        for stage in SECTIONS:
             extra = values.get(f"{stage}_args", "")
             values.update({f"{stage}.{k}": v for k, v in parse_stage_args(stage, extra).items()})
         return values
@@ -76,19 +80,24 @@ def parse_stage_args(stage: str, extra: str) -> Dict[str, Any]:
 
 def pipeline_preset(given: Dict[str, Any]) -> Dict[str, Any]:
     """Each stage's values that the pipeline's top-level fields decide: outputs, the model each stage
-    starts from, data, shared fields and, for the built-in task, its sizes."""
+    starts from, data, the reward (a trained reward model, or ``--reward_fn``), shared fields and, for the
+    built-in task, its sizes."""
     top = {**field_defaults(PipelineConfig), **{k: v for k, v in given.items() if "." not in k}}
     out = top["output_dir"]
+    sft_dir, rm_dir = os.path.join(out, "sft"), None if top["reward_fn"] else os.path.join(out, "rm")
+    rl = {"pretrain": sft_dir, "lora_rank": top["lora_rank"]}
     starts = {"sft": {"pretrain": top["pretrain"], "lora_rank": top["lora_rank"]},
-              "rm": {"pretrain": os.path.join(out, "sft")},
-              "ppo": {"pretrain": os.path.join(out, "sft"), "rm_pretrain": os.path.join(out, "rm"),
-                      "lora_rank": top["lora_rank"]}}
+              "rm": {"pretrain": sft_dir},
+              "ppo": {**rl, "rm_pretrain": rm_dir, "reward_fn": list(top["reward_fn"])},
+              "dpo": dict(rl),
+              "grpo": {**rl, "rm_pretrain": rm_dir, "reward_fn": list(top["reward_fn"]),
+                       **({"algo": top["algo"]} if top["algo"] in ADVANTAGE_ESTIMATORS else {})}}
     values: Dict[str, Any] = {}
-    for stage in STAGES:
-        data = given.get(f"{stage}.{DATA_FIELD[stage]}", top[PIPELINE_DATA[stage]])
-        stage_values = dict(DEMO[stage]) if top["pretrain"] is None and data is None else {}
+    for stage in SECTIONS:
+        data = given.get(f"{stage}.{COMMAND_DATA[stage]}", top[PIPELINE_DATA[stage]])
+        stage_values = dict(COMMAND_DEMO[stage]) if top["pretrain"] is None and data is None else {}
         stage_values.update({name: top[name] for name in SHARED}, **starts[stage])
-        stage_values.update({DATA_FIELD[stage]: data, "save_path": os.path.join(out, stage),
+        stage_values.update({COMMAND_DATA[stage]: data, "save_path": os.path.join(out, stage),
                              "metrics_path": os.path.join(out, "metrics.jsonl"),
                              "resume": "auto" if top["resume"] else None})
         values.update({f"{stage}.{name}": value for name, value in stage_values.items()})
@@ -113,5 +122,5 @@ def write_pipeline_config(config: PipelineConfig, path: str) -> None:
     for key, value in getattr(config, "_section_values", {}).items():
         stage, name = key.split(".", 1)
         sections.setdefault(stage, {})[name] = value
-    top = {k: getattr(config, k) for k in field_defaults(PipelineConfig) if k not in STAGES and not k.endswith("_args")}
+    top = {k: getattr(config, k) for k in field_defaults(PipelineConfig) if k not in SECTIONS and not k.endswith("_args")}
     dump_yaml({**top, **sections}, path, "pipeline")

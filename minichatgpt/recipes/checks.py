@@ -26,7 +26,7 @@ from ..extras import MissingDependency, require
 from ..log import setup_logging
 from ..trainer.trackers import PACKAGES
 from .arguments import PipelineParser, stage_parser
-from .configs import STAGES, PipelineConfig
+from .configs_pipeline import PipelineConfig, pipeline_stages
 from .path_checks import (FREE_SPACE_ENV, MIN_FREE_MB, check_data, check_models, check_output_dir,  # noqa: F401
                           check_outputs, check_paths_given, check_vocab, required_free_bytes, saved_model_bytes)
 
@@ -150,7 +150,7 @@ def validate_pipeline(config: PipelineConfig) -> None:
     check_models(config)
     # sft + rm + the PPO actor and critic
     check_output_dir("--output_dir", config.output_dir, required_free_bytes(config.pretrain, copies=4))
-    for stage in STAGES:
+    for stage in pipeline_stages(config.algo, config.reward_fn):
         section = getattr(config, stage)
         try:
             config_lib.validate(section)

@@ -133,34 +133,6 @@ class PPOConfig(RunConfig, PPOTrainerConfig, RewardFunctionFields):
 
 
 @dataclasses.dataclass
-class PipelineConfig:
-    """``minichatgpt pipeline``: SFT -> reward model -> PPO -> evaluation. The top-level fields wire the
-    stages together and apply to each; a stage's section (YAML) or ``--{stage}_args`` sets the rest."""
-    output_dir: str = option("outputs/pipeline", "where the stages' directories, metrics and summary go")
-    pretrain: Optional[str] = option(None, "starting model (default: the built-in tiny model)")
-    sft_dataset: Optional[str] = option(None, "SFT data (default: the built-in demonstrations)")
-    rm_dataset: Optional[str] = option(None, "preference pairs (default: the built-in pairs)")
-    prompt_dataset: Optional[str] = option(None, "PPO prompts (default: the built-in prompts)")
-    strategy: str = option("naive", "compute backend of every stage", choices=STRATEGY_NAMES)
-    lora_rank: int = option(0, "LoRA rank of the SFT and PPO stages (0: full fine-tuning)", rule=NON_NEGATIVE_INT)
-    seed: int = option(42, "seed of every stage", rule=SEED)
-    eval_prompts: int = option(256, "held-out prompts for the final evaluation", rule=POSITIVE_INT)
-    skip_invalid_rows: bool = option(False, "every stage leaves out invalid data rows (counted and reported)")
-    report_to: List[str] = option(help=REPORT_HELP, choices=("none",) + TRACKERS, default_factory=list)
-    log_level: str = option("info", "what the run prints (debug: the libraries' messages too)", choices=LEVELS)
-    save_interval: int = option(0, "every stage writes a resumable checkpoint every N steps", rule=NON_NEGATIVE_INT)
-    save_total_limit: Optional[int] = option(None, "keep the newest N checkpoints per stage", rule=POSITIVE_INT)
-    resume: bool = option(False, "continue an interrupted pipeline in OUTPUT_DIR: finished stages are skipped and "
-                                 "the interrupted one resumes from its newest checkpoint")
-    sft_args: str = option("", "extra flags for the SFT stage, e.g. \"--max_epochs 2\" (same as its YAML section)")
-    rm_args: str = option("", "extra flags for the reward-model stage")
-    ppo_args: str = option("", "extra flags for the PPO stage")
-    sft: SFTConfig = option(help="the SFT stage", default_factory=SFTConfig)
-    rm: RMConfig = option(help="the reward-model stage", default_factory=RMConfig)
-    ppo: PPOConfig = option(help="the PPO stage", default_factory=PPOConfig)
-
-
-@dataclasses.dataclass
 class EvalConfig:
     """``minichatgpt eval``: reward-model accuracy, policy win rates against a baseline, perplexity, data splits."""
     output_dir: str = option("outputs/eval", "where results.json, report.md/.png go")

@@ -9,7 +9,8 @@ import pytest
 from minichatgpt import config as config_lib
 from minichatgpt.config import UsageError, dump_yaml
 from minichatgpt.recipes.arguments import PipelineParser, stage_parser, write_pipeline_config
-from minichatgpt.recipes.configs import PPO_DEMO, RM_DEMO, SFT_DEMO, PipelineConfig, PPOConfig, SFTConfig
+from minichatgpt.recipes.configs import PPO_DEMO, RM_DEMO, SFT_DEMO, PPOConfig, SFTConfig
+from minichatgpt.recipes.configs_pipeline import PipelineConfig, pipeline_stages
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 EXAMPLES = sorted(glob.glob(os.path.join(ROOT, "examples", "configs", "*.yaml")))
