@@ -11,7 +11,9 @@ class RunningMoments:
 
     def update(self, x: torch.Tensor) -> None:
         """Merge a batch of scores; under torch.distributed, the statistics of all ranks' batches."""
-        stats = torch.stack([x.float().sum(), (x.float() ** 2).sum(), torch.tensor(float(x.numel()), device=x.device)])
+        # float64: E[x^2] - E[x]^2 cancels catastrophically in float32 for scores far from zero.
+        x = x.detach().double()
+        stats = torch.stack([x.sum(), (x ** 2).sum(), torch.tensor(float(x.numel()), dtype=x.dtype, device=x.device)])
         if torch.distributed.is_initialized():
             torch.distributed.all_reduce(stats)
         total, total_sq, n = stats.tolist()

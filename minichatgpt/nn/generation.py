@@ -123,7 +123,7 @@ def generate(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Te
 
     finished = torch.zeros(input_ids.size(0), dtype=torch.bool, device=input_ids.device)
     tokens, log_probs, masks = [], [], []
-    for _ in range(max_new_tokens):
+    for step in range(max_new_tokens):
         logits = out.logits[:, -1].float()  # (B, V)
         token = sample_tokens(logits, temperature, top_k, top_p, generator) if do_sample else logits.argmax(-1)
         token = token.masked_fill(finished, pad_token_id)  # (B,)
@@ -131,7 +131,7 @@ def generate(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Te
         log_probs.append(log_probs_from_logits(logits, token))
         masks.append((~finished).long())
         finished = finished | torch.isin(token, torch.as_tensor(eos_token_id, device=token.device))
-        if _all_finished(finished, synced):
+        if _all_finished(finished, synced) or step == max_new_tokens - 1:  # no forward for an unused token
             break
         attention_mask = torch.cat([attention_mask, masks[-1].unsqueeze(1)], dim=1)
         kwargs = {"position_ids": next_position} if use_position_ids else {}
