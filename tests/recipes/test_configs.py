@@ -102,3 +102,27 @@ def test_every_field_has_help_and_the_trainer_names():
             assert field.metadata.get("help"), f"{cls.__name__}.{field.name} has no help"
     names = {f.name for f in dataclasses.fields(PPOConfig)}
     assert {"clip_eps", "value_clip_eps", "kl_coef", "gamma", "lam"} <= names and "eps_clip" not in names
+
+
+@pytest.mark.parametrize("algo, reward_fn, stages", [
+    ("ppo", [], ("sft", "rm", "ppo")), ("ppo", ["m:f"], ("sft", "ppo")), ("dpo", [], ("sft", "dpo")),
+    ("rloo", [], ("sft", "rm", "grpo")), ("grpo", ["m:f"], ("sft", "grpo")), ("reinforce_pp", [], ("sft", "rm", "grpo"))])
+def test_each_algorithm_runs_its_stages(algo, reward_fn, stages):
+    assert pipeline_stages(algo, reward_fn) == stages
+
+
+def test_pipeline_wires_the_algorithm_stage(tmp_path):
+    out = str(tmp_path / "out")
+    rloo = PipelineParser().parse_args(["--algo", "rloo", "--output_dir", out, "--lora_rank", "4"])
+    assert (rloo.grpo.algo, rloo.grpo.rm_pretrain, rloo.grpo.reward_fn) == ("rloo", os.path.join(out, "rm"), [])
+    assert (rloo.grpo.pretrain, rloo.grpo.lora_rank, rloo.grpo.save_path) == (
+        os.path.join(out, "sft"), 4, os.path.join(out, "grpo"))
+    rule = "minichatgpt.demo:hidden_rule_reward"
+    grpo = PipelineParser().parse_args(["--algo", "grpo", "--reward_fn", rule, "--output_dir", out])
+    assert (grpo.grpo.rm_pretrain, grpo.grpo.reward_fn, grpo.ppo.reward_fn) == (None, [rule], [rule])
+    dpo = PipelineParser().parse_args(["--algo", "dpo", "--rm_dataset", "pairs.json", "--dpo_args", "--beta 0.2"])
+    assert (dpo.dpo.dataset, dpo.dpo.beta, dpo.dpo.pretrain) == ("pairs.json", 0.2, "outputs/pipeline/sft")
+    from minichatgpt.recipes.checks import check_command
+
+    with pytest.raises(UsageError, match="--algo dpo learns from preference pairs only"):
+        check_command("pipeline", ["--algo", "dpo", "--reward_fn", rule, "--output_dir", out])

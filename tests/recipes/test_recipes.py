@@ -136,3 +136,15 @@ def test_ppo_without_an_sft_model_runs_the_pipeline_with_the_given_flags(monkeyp
     # the SFT stage has neither a model nor data: the built-in task's sizes; PPO has its prompts: the defaults
     assert (config.sft.batch_size, ppo_stage.max_timesteps) == (SFT_DEMO["batch_size"], PPOConfig.max_timesteps)
     assert (config.sft.pretrain, config.rm.pretrain, ppo_stage.rm_pretrain) == (None, "out/x/sft", "out/x/rm")
+
+
+@pytest.mark.slow
+def test_pipeline_with_dpo_instead_of_rm_and_ppo(tmp_path):
+    summary = pipeline.main(["--algo", "dpo", "--output_dir", str(tmp_path), "--eval_prompts", "16",
+                             "--sft_args", "--max_datasets_size 256 --max_epochs 1",
+                             "--dpo_args", "--max_datasets_size 256 --max_epochs 1"])
+    assert set(summary["stages"]) == {"sft", "dpo"} and not (tmp_path / "rm").exists()
+    AutoModelForCausalLM.from_pretrained(tmp_path / "dpo")
+    assert summary["evaluation"]["dpo"]["kl_to_reference"] > 0  # DPO moved the policy away from SFT
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert {r["stage"] for r in rows} == {"sft", "dpo"}
