@@ -8,6 +8,7 @@ reported the same way. Any other exception keeps its traceback: it is a bug, not
 ``validate(args)`` looks only at the flags a namespace has, so one function serves every stage:
 
 * numbers: sizes, counts and lengths >= 1, learning rates > 0, ratios and coefficients in range, finite;
+  flags that cannot go together (``--precision``/``--attn_implementation``: ``model_flags.precision_problem``);
 * ``--strategy``: its package (deepspeed, colossalai) is installed, a CUDA device exists where it needs
   one, and a torchrun launch sets every variable the process group reads;
 * models (``--pretrain``, ``--rm_pretrain``, ``--tokenizer``, ``--rm_path``): a local path exists and holds a
@@ -39,6 +40,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 
 from ..data.readers import DataError, looks_like_path
+from .model_flags import precision_problem
 
 MIN_FREE_MB = 100
 FREE_SPACE_ENV = "MINICHATGPT_MIN_FREE_MB"
@@ -104,6 +106,8 @@ def check_numbers(args: argparse.Namespace) -> None:
 
 def check_combinations(args: argparse.Namespace) -> None:
     """Flags that are each in range but cannot go together; ``--resume`` names a directory."""
+    if precision_problem(args):
+        raise UsageError(precision_problem(args))
     if getattr(args, "update_timesteps", None) and getattr(args, "num_episodes", None) and \
             getattr(args, "max_timesteps", None):
         total = args.num_episodes * args.max_timesteps

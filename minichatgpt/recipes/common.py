@@ -18,6 +18,7 @@ from ..trainer import MetricsLogger
 from ..trainer.strategies import STRATEGY_NAMES, Strategy, build_strategy
 from ..trainer.strategies.utils import set_seed
 from .checks import UsageError, validate
+from .model_flags import add_model_arguments, model_options, save_dtype
 
 MODEL_FAMILIES = ("auto", "gpt2", "opt", "bloom", "llama")
 
@@ -60,6 +61,7 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
                              "directory or a directory of them")
     parser.add_argument("--max_nonfinite_steps", type=int, default=5,
                         help="stop after this many updates in a row with a non-finite loss or gradient norm")
+    add_model_arguments(parser)
 
 
 def add_optim_arguments(parser: argparse.ArgumentParser, lr: float) -> None:
@@ -79,7 +81,7 @@ def setup(args: argparse.Namespace) -> Strategy:
     """Check the flags (``checks.validate``), seed, build the strategy (process group included), and create
     the output directory."""
     validate(args)
-    strategy = build_strategy(args.strategy)
+    strategy = build_strategy(args.strategy, precision=getattr(args, "precision", None))
     set_seed(args.seed)
     if args.save_path:
         check_writable(args.save_path)
@@ -101,7 +103,9 @@ def check_writable(path: str) -> None:
 def build_tokenizer(args: argparse.Namespace):
     """The tokenizer of ``--tokenizer``/``--pretrain``, or the demo word tokenizer for the built-in model."""
     source = args.tokenizer or args.pretrain
-    return load_tokenizer(source) if source else demo.build_word_tokenizer()
+    if not source:
+        return demo.build_word_tokenizer()
+    return load_tokenizer(source, trust_remote_code=getattr(args, "trust_remote_code", False))
 
 
 def model_source(args: argparse.Namespace, tokenizer) -> dict:
@@ -170,7 +174,7 @@ def run_supervised_stage(args: argparse.Namespace, stage: str, model_cls, datase
     tokenizer = build_tokenizer(args)
     with strategy.model_init_context():
         model = model_cls(**model_source(args, tokenizer), checkpoint=args.grad_checkpoint, lora_rank=args.lora_rank,
-                          lora_train_bias=args.lora_train_bias)
+                          lora_train_bias=args.lora_train_bias, **model_options(args))
     dataset = dataset_cls(args.dataset or demo_records(), tokenizer, max_len=args.max_len,
                           max_datasets_size=args.max_datasets_size)
     if args.eval_dataset:
@@ -199,6 +203,6 @@ def run_supervised_stage(args: argparse.Namespace, stage: str, model_cls, datase
     if trainer.interrupted:
         raise Interrupted(stage, trainer.step, trainer.interrupted)
     if args.save_path:
-        save_pretrained(strategy, model, args.save_path, tokenizer)
+        save_pretrained(strategy, model, args.save_path, tokenizer, dtype=save_dtype(args))
     strategy.print(f"{stage}: " + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
     return metrics

@@ -24,6 +24,7 @@ from ..trainer.strategies import STRATEGY_NAMES
 from . import ppo, rm, sft
 from .checks import validate_pipeline
 from .common import write_json
+from .model_flags import add_model_arguments
 from .evaluate import evaluate_policy
 
 
@@ -36,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--prompt_dataset", default=None)
     parser.add_argument("--strategy", default="naive", choices=STRATEGY_NAMES)
     parser.add_argument("--lora_rank", type=int, default=0)
+    add_model_arguments(parser)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--eval_prompts", type=int, default=256, help="held-out prompts for the final evaluation")
     parser.add_argument("--skip_invalid_rows", action="store_true",
@@ -59,7 +61,7 @@ def _flags(options: dict) -> List[str]:
 def _stage_argv(args, stage_defaults: dict, demo_mode: bool, extra: str, **options) -> List[str]:
     options = {k: v for k, v in options.items() if v is not None}
     defaults = _flags(stage_defaults) if demo_mode else []
-    skip = ["--skip_invalid_rows"] if getattr(args, "skip_invalid_rows", False) else []
+    skip = [f"--{flag}" for flag in ("skip_invalid_rows", "trust_remote_code") if getattr(args, flag, False)]
     return defaults + _flags(options) + skip + shlex.split(extra)
 
 
@@ -139,7 +141,8 @@ def stage_argvs(args: argparse.Namespace) -> Dict[str, List[str]]:
     """Each stage's command line, as the pipeline runs it (also what ``checks`` validates up front)."""
     out = args.output_dir
     base = dict(strategy=args.strategy, seed=args.seed, metrics_path=os.path.join(out, "metrics.jsonl"),
-                save_interval=args.save_interval or None, save_total_limit=args.save_total_limit)
+                save_interval=args.save_interval or None, save_total_limit=args.save_total_limit,
+                precision=args.precision, save_dtype=args.save_dtype, attn_implementation=args.attn_implementation)
     stages = {
         "sft": (sft, args.sft_dataset, dict(pretrain=args.pretrain, dataset=args.sft_dataset,
                                             lora_rank=args.lora_rank or None)),

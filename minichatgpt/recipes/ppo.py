@@ -21,6 +21,7 @@ from ..trainer import PerformanceEvaluator, PPOTrainer
 from ..trainer.utils import save_pretrained
 from .common import (Interrupted, add_common_arguments, build_tokenizer, checkpointing, metrics_logger,
                      parse_with_demo_defaults, setup)
+from .model_flags import model_options, save_dtype
 
 DEMO_DEFAULTS = dict(num_episodes=12, max_timesteps=4, update_timesteps=4, experience_batch_size=32,
                      train_batch_size=32, max_epochs=2, max_new_tokens=14, max_input_len=32, actor_lr=5e-5,
@@ -78,22 +79,24 @@ def build_models(args: argparse.Namespace):
     """Actor, critic, reward model and reference model (None when shared with the actor via LoRA).
 
     Every model is loaded from its directory rather than copied, so this works inside ZeRO-3's
-    partitioned ``model_init_context`` too.
+    partitioned ``model_init_context`` too. ``--grad_checkpoint``, ``--attn_implementation`` and
+    ``--trust_remote_code`` apply to all four (checkpointing only acts where gradients flow).
     """
     if args.pretrain is None:
         raise ValueError("--pretrain (the SFT model) is required; `minichatgpt pipeline` trains one first")
     lora = dict(lora_rank=args.lora_rank, lora_train_bias=args.lora_train_bias)
+    options = dict(checkpoint=args.grad_checkpoint, **model_options(args))
     share = args.lora_rank > 0 and not args.no_shared_reference
     rm_source = args.rm_pretrain or args.pretrain
-    actor = Actor(pretrained=args.pretrain, checkpoint=args.grad_checkpoint, **lora)
-    reference = None if share else Actor(pretrained=args.pretrain)
-    critic = Critic(pretrained=rm_source, checkpoint=args.grad_checkpoint, **lora)
+    actor = Actor(pretrained=args.pretrain, **lora, **options)
+    reference = None if share else Actor(pretrained=args.pretrain, **options)
+    critic = Critic(pretrained=rm_source, **lora, **options)
     if share and args.lora_train_bias == "none":
         # The critic's frozen base weights and a frozen copy of its head; freezing this module as a
         # whole would also freeze the critic's adapters, which live in the same backbone.
         reward_model = RewardModel.sharing_backbone(critic)
     else:
-        reward_model = RewardModel(pretrained=rm_source).requires_grad_(False)
+        reward_model = RewardModel(pretrained=rm_source, **options).requires_grad_(False)
     if reference is not None:
         reference.requires_grad_(False)
     return actor, critic, reward_model, reference
@@ -157,8 +160,8 @@ def run(args: argparse.Namespace) -> dict:
     if trainer.interrupted:
         raise Interrupted("ppo", trainer.step, trainer.interrupted)
     if args.save_path:
-        save_pretrained(strategy, actor, args.save_path, tokenizer)
-        save_pretrained(strategy, critic, os.path.join(args.save_path, "critic"), tokenizer)
+        save_pretrained(strategy, actor, args.save_path, tokenizer, dtype=save_dtype(args))
+        save_pretrained(strategy, critic, os.path.join(args.save_path, "critic"), tokenizer, dtype=save_dtype(args))
     return {"metrics": metrics, "performance": performance.summary()}
 
 
@@ -171,7 +174,9 @@ def main(argv: Optional[List[str]] = None) -> dict:
         from .pipeline import main as pipeline_main
 
         pipeline_flags = {"--save_path": "--output_dir", "--seed": "--seed", "--strategy": "--strategy",
-                          "--prompt_path": "--prompt_dataset", "--lora_rank": "--lora_rank"}
+                          "--prompt_path": "--prompt_dataset", "--lora_rank": "--lora_rank",
+                          "--precision": "--precision", "--save_dtype": "--save_dtype",
+                          "--attn_implementation": "--attn_implementation"}
         mapped, rest = _split_flags(parser, sys.argv[1:] if argv is None else argv, pipeline_flags)
         mapped.setdefault("--output_dir", "outputs/pipeline")
         return pipeline_main([item for flag, value in mapped.items() for item in (flag, value)]

@@ -61,6 +61,14 @@ class ColossalAIOptions:
     max_norm: float = 1.0
     plugin_kwargs: Dict = field(default_factory=dict)
 
+    def check_precision(self) -> None:
+        """Gemini (stage 3) computes in fp16 or bf16 only; LowLevelZero also in fp32."""
+        allowed = ("fp16", "bf16") if self.stage == 3 else ("fp32", "fp16", "bf16")
+        if self.precision not in allowed:
+            raise ValueError(f"ColossalAI stage {self.stage} supports precision {' or '.join(allowed)}, not "
+                             f"{self.precision!r}" + (" (use --precision bf16 or fp16 with colossalai_gemini)"
+                                                      if self.stage == 3 else ""))
+
     def build_plugin(self):
         if self.stage not in (1, 2, 3) or self.placement_policy not in ("cuda", "cpu"):
             raise ValueError(f"unsupported ColossalAI stage {self.stage} / placement {self.placement_policy!r}")
@@ -121,6 +129,7 @@ class ColossalAIStrategy(Strategy):
                  max_norm: float = 1.0, **plugin_kwargs):
         self.options = ColossalAIOptions(stage=stage, placement_policy=placement_policy, precision=precision,
                                          max_norm=max_norm, plugin_kwargs=plugin_kwargs)
+        self.options.check_precision()  # before looking for CUDA: a bad value is reported on any machine
         self.seed = seed
         self._pending_norms = {}  # id(optimizer) -> tensor returned by clip_grad_norm
         self.setup_distributed()
@@ -131,6 +140,10 @@ class ColossalAIStrategy(Strategy):
     @property
     def device(self) -> torch.device:
         return torch.device("cuda", torch.cuda.current_device())
+
+    @property
+    def precision(self) -> str:
+        return self.options.precision
 
     def setup_distributed(self) -> None:
         colossalai = import_colossalai()

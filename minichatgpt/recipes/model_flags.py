@@ -1,0 +1,68 @@
+"""Precision and model-loading flags of every stage and the pipeline, their up-front check, and what they
+turn into (kept together so that a typed config can take them over in one move).
+
+``--precision`` picks the compute dtype of every forward through the strategy (``build_strategy(name,
+precision=...)``); ``--save_dtype`` the dtype ``save_pretrained`` writes; ``--attn_implementation`` and
+``--trust_remote_code`` go to every model's ``from_pretrained``.
+"""
+
+import argparse
+import importlib.util
+from typing import Optional
+
+import torch
+
+from ..trainer.strategies import PRECISIONS
+
+ATTN_IMPLEMENTATIONS = ("sdpa", "flash_attention_2", "eager")
+SAVE_DTYPES = ("auto",) + PRECISIONS
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """Precision and model-loading flags, shared by every stage and the pipeline (checked in ``checks``)."""
+    parser.add_argument("--precision", default=None, choices=PRECISIONS,
+                        help="compute dtype of every forward (training, rollouts, reference, critic, reward); "
+                             "master weights, optimizer state, log-probs, KL, GAE and losses stay float32. "
+                             "Default: fp32 (fp16 for the colossalai strategies)")
+    parser.add_argument("--save_dtype", default="auto", choices=SAVE_DTYPES,
+                        help="dtype of the saved Hugging Face weights; auto: the dtype the --pretrain "
+                             "checkpoint was stored in (float32 for the built-in model and GGUF files)")
+    parser.add_argument("--attn_implementation", default="sdpa", choices=ATTN_IMPLEMENTATIONS,
+                        help="attention kernel of every model (flash_attention_2 needs the flash_attn package, "
+                             "a CUDA device and --precision bf16 or fp16)")
+    parser.add_argument("--trust_remote_code", action="store_true",
+                        help="allow model and tokenizer code shipped with a hub checkpoint to run")
+
+
+def model_options(args: argparse.Namespace) -> dict:
+    """Keyword arguments of the model constructors that ``add_model_arguments`` controls."""
+    return {"attn_implementation": getattr(args, "attn_implementation", None),
+            "trust_remote_code": getattr(args, "trust_remote_code", False)}
+
+
+def save_dtype(args: argparse.Namespace) -> Optional[str]:
+    """``--save_dtype`` for ``save_pretrained``: None means the checkpoint's own dtype."""
+    value = getattr(args, "save_dtype", "auto")
+    return None if value == "auto" else value
+
+
+def precision_problem(args: argparse.Namespace) -> Optional[str]:
+    """Why ``--precision`` does not suit the strategy, or ``--attn_implementation flash_attention_2`` cannot run
+    here; None when both are fine (``checks.validate`` raises the message as a UsageError)."""
+    precision, strategy = getattr(args, "precision", None), getattr(args, "strategy", None) or ""
+    if precision == "fp32" and strategy.startswith("colossalai_gemini"):
+        return (f"--strategy {strategy} computes in bf16 or fp16 only (ColossalAI's Gemini has no fp32 "
+                "mode): pass --precision bf16 or fp16, or use colossalai_zero2")
+    if getattr(args, "attn_implementation", None) != "flash_attention_2":
+        return None
+    if importlib.util.find_spec("flash_attn") is None:
+        return ("--attn_implementation flash_attention_2 needs the flash_attn package, which is not "
+                "installed (pip install flash-attn --no-build-isolation on a CUDA machine); use "
+                "--attn_implementation sdpa (the default) instead")
+    if not torch.cuda.is_available():
+        return ("--attn_implementation flash_attention_2 runs on CUDA devices only and none is visible; "
+                "use --attn_implementation sdpa")
+    if precision not in ("bf16", "fp16") and not strategy.startswith("colossalai"):
+        return ("--attn_implementation flash_attention_2 computes in bf16 or fp16 only: add "
+                "--precision bf16 (or fp16)")
+    return None

@@ -1,0 +1,71 @@
+"""``--precision``, ``--save_dtype``, ``--attn_implementation``, ``--trust_remote_code`` and ``--grad_checkpoint``
+as the recipes read them."""
+
+import argparse
+import json
+
+import pytest
+import torch
+from safetensors import safe_open
+from transformers import AutoModelForCausalLM
+
+from minichatgpt import demo
+from minichatgpt.recipes import pipeline, ppo, sft
+from minichatgpt.recipes.checks import UsageError
+from minichatgpt.recipes.model_flags import precision_problem
+
+
+def _saved_dtypes(directory) -> set:
+    with safe_open(str(directory / "model.safetensors"), framework="pt") as f:
+        return {f.get_slice(name).get_dtype() for name in f.keys()}
+
+
+@pytest.fixture
+def sft_data(tmp_path):
+    data = tmp_path / "sft.json"
+    data.write_text(json.dumps(demo.sft_records(16)))
+    return data
+
+
+def test_bf16_sft_saves_the_source_dtype_by_default_and_save_dtype_on_request(tiny_model_dirs, sft_data, tmp_path):
+    common = ["--pretrain", tiny_model_dirs["llama"], "--dataset", str(sft_data), "--batch_size", "8",
+              "--max_len", "48", "--precision", "bf16", "--eval_ratio", "0"]
+    sft.main(common + ["--save_path", str(tmp_path / "auto")])
+    assert _saved_dtypes(tmp_path / "auto") == {"F32"}  # the tiny model was stored in float32
+    sft.main(common + ["--save_path", str(tmp_path / "bf16"), "--save_dtype", "bf16"])
+    assert _saved_dtypes(tmp_path / "bf16") == {"BF16"}
+    assert AutoModelForCausalLM.from_pretrained(tmp_path / "bf16").dtype == torch.bfloat16
+    # Starting from the bf16 checkpoint, "auto" writes bf16 again (the model trained on float32 masters).
+    sft.main(["--pretrain", str(tmp_path / "bf16")] + common[2:] + ["--save_path", str(tmp_path / "again")])
+    assert _saved_dtypes(tmp_path / "again") == {"BF16"}
+
+
+def test_flash_attention_without_flash_attn_is_a_usage_error(tiny_model_dirs, sft_data):
+    with pytest.raises(UsageError, match="flash_attn"):
+        sft.main(["--pretrain", tiny_model_dirs["llama"], "--dataset", str(sft_data),
+                  "--attn_implementation", "flash_attention_2", "--precision", "bf16"])
+
+
+def test_gemini_has_no_fp32():
+    args = argparse.Namespace(precision="fp32", strategy="colossalai_gemini", attn_implementation="sdpa")
+    assert "bf16 or fp16" in precision_problem(args)
+    assert precision_problem(argparse.Namespace(precision="bf16", strategy="colossalai_gemini")) is None
+
+
+def test_every_ppo_model_gets_grad_checkpoint_and_attention_flags(tiny_model_dirs):
+    args = ppo.build_parser().parse_args(["--pretrain", tiny_model_dirs["llama"], "--grad_checkpoint",
+                                          "--attn_implementation", "eager", "--trust_remote_code"])
+    models = ppo.build_models(args)
+    assert all(m is not None for m in models)
+    for model in models:
+        assert model.model.is_gradient_checkpointing
+        assert model.model.config._attn_implementation == "eager"
+
+
+def test_pipeline_passes_precision_and_model_flags_to_every_stage():
+    args = pipeline.build_parser().parse_args(["--precision", "bf16", "--save_dtype", "fp16",
+                                              "--attn_implementation", "eager", "--trust_remote_code"])
+    for stage, argv in pipeline.stage_argvs(args).items():
+        parsed = {"sft": sft, "rm": sft, "ppo": ppo}[stage].build_parser().parse_known_args(argv)[0]
+        assert (parsed.precision, parsed.save_dtype, parsed.attn_implementation, parsed.trust_remote_code) == \
+            ("bf16", "fp16", "eager", True), stage
