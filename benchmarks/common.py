@@ -304,7 +304,7 @@ def run_supervised(stage: str, args: argparse.Namespace) -> dict:
     """Time ``--steps`` optimizer steps of the library's SFTTrainer (``stage="sft"``) or RewardModelTrainer
     (``"rm"``) on random full-length sequences, after ``--warmup_steps`` untimed ones.
 
-    ``fit`` runs twice on one trainer: a warm-up loader, then the timed loader; the timed span includes
+    ``fit`` runs twice: a warm-up loader, then the timed loader (on a fresh trainer); the timed span includes
     everything ``fit`` does per step (device moves, forward, backward, clipping, optimizer step).
     Returns the JSON record (on every rank; rank 0 prints it and appends it to ``--results``).
     """
@@ -322,13 +322,16 @@ def run_supervised(stage: str, args: argparse.Namespace) -> dict:
     model, optim = strategy.prepare((model, optim))
     module = strategy.unwrap_model(model)
     params = {"model": count_parameters(module), "trainable": count_parameters(module, trainable_only=True)}
-    trainer = trainer_cls(model, strategy, optim, max_epochs=1, log_interval=10 ** 9)
+    # Every step logs (a mean over one step), so the returned metrics hold the last step's loss. One trainer
+    # per fit: a trainer resumes at its data position, so a second fit on the same one would skip batches.
+    def trainer():
+        return trainer_cls(model, strategy, optim, max_epochs=1, log_interval=1)
 
     world, rows_per_step = strategy.world_size, args.batch_size * strategy.world_size
     vocab = config.vocab_size
     if args.warmup_steps > 0:
         warmup = _supervised_data(stage, args.warmup_steps * rows_per_step, args.seq_len, vocab, args.seed + 100)
-        trainer.fit(strategy.setup_dataloader(warmup, args.batch_size, shuffle=False, drop_last=True))
+        trainer().fit(strategy.setup_dataloader(warmup, args.batch_size, shuffle=False, drop_last=True))
     timed = _supervised_data(stage, args.steps * rows_per_step, args.seq_len, vocab, args.seed)
     loader = strategy.setup_dataloader(timed, args.batch_size, shuffle=False, drop_last=True)
     matmul = MatmulReference(strategy, args.matmul_size)
@@ -337,7 +340,7 @@ def run_supervised(stage: str, args: argparse.Namespace) -> dict:
     strategy.barrier()
     synchronize(strategy)
     start = time.perf_counter()
-    metrics = trainer.fit(loader)
+    metrics = trainer().fit(loader)
     synchronize(strategy)
     seconds = time.perf_counter() - start
     matmul.measure()

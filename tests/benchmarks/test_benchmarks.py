@@ -104,6 +104,26 @@ def test_supervised_naive(stage, tmp_path, capsys):
     assert row["samples"] == 2 * 2
     assert row["tokens"] == 2 * 2 * 32 * (1 if stage == "sft" else 2)  # an RM pair is two sequences
     assert row["flops"] == 6 * record["params"]["model"] * row["tokens"]
+    assert "loss" in record["metrics"]  # the timed fit ran its steps (a reused trainer skipped them)
+
+
+def test_supervised_bf16_measures_the_bf16_matmul_rate(tmp_path):
+    results = tmp_path / "sft.jsonl"
+    load_script("benchmark_sft").main(SUPERVISED_ARGS + ["--precision", "bf16", "--results", str(results)])
+    (record,) = read_results(results)
+    assert record["config"]["precision"] == "bf16" and record["metrics"]["loss"] > 0
+
+
+def test_gpu_check_dry_run_prints_the_plan_within_eight_minutes(tmp_path):
+    script = os.path.join(BENCHMARKS, "gpu_check.sh")
+    result = subprocess.run(["bash", script, "--dry_run", "--out", str(tmp_path)], capture_output=True, text=True,
+                            env=dict(os.environ, OUT=""))
+    assert result.returncode == 0, result.stderr
+    steps = [line.split()[0] for line in result.stdout.splitlines()[1:-1]]
+    assert steps == ["install", "pytest_gpu", "ppo_bf16", "ppo_bf16_lora", "sft_bf16", "rm_bf16", "generate"]
+    assert "--no-deps" in result.stdout and "-m gpu" in result.stdout and str(tmp_path) in result.stdout
+    assert int(result.stdout.splitlines()[-1].split(":")[1].strip().rstrip("s")) <= 8 * 60
+    assert not any(tmp_path.iterdir())  # a dry run writes nothing
 
 
 @pytest.mark.distributed
