@@ -18,7 +18,7 @@ from ..trainer import MetricsLogger
 from ..trainer.strategies import STRATEGY_NAMES, Strategy, build_strategy
 from ..trainer.strategies.utils import set_seed
 from .checks import UsageError, validate
-from .model_flags import add_model_arguments, model_options, save_dtype
+from .model_flags import add_model_arguments, model_options, save_dtype, strategy_options
 
 MODEL_FAMILIES = ("auto", "gpt2", "opt", "bloom", "llama")
 
@@ -81,7 +81,7 @@ def setup(args: argparse.Namespace) -> Strategy:
     """Check the flags (``checks.validate``), seed, build the strategy (process group included), and create
     the output directory."""
     validate(args)
-    strategy = build_strategy(args.strategy, precision=getattr(args, "precision", None))
+    strategy = build_strategy(args.strategy, **strategy_options(args))
     set_seed(args.seed)
     if args.save_path:
         check_writable(args.save_path)

@@ -1,13 +1,15 @@
-"""Precision and model-loading flags of every stage and the pipeline, their up-front check, and what they
-turn into (kept together so that a typed config can take them over in one move).
+"""Precision, engine-config and model-loading flags of every stage and the pipeline, their up-front check,
+and what they turn into (kept together so that a typed config can take them over in one move).
 
 ``--precision`` picks the compute dtype of every forward through the strategy (``build_strategy(name,
 precision=...)``); ``--save_dtype`` the dtype ``save_pretrained`` writes; ``--attn_implementation`` and
-``--trust_remote_code`` go to every model's ``from_pretrained``.
+``--trust_remote_code`` go to every model's ``from_pretrained``; ``--deepspeed_config`` is merged over the
+config DeepSpeed strategies generate.
 """
 
 import argparse
 import importlib.util
+import json
 from typing import Optional
 
 import torch
@@ -32,6 +34,19 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                              "a CUDA device and --precision bf16 or fp16)")
     parser.add_argument("--trust_remote_code", action="store_true",
                         help="allow model and tokenizer code shipped with a hub checkpoint to run")
+    parser.add_argument("--deepspeed_config", default=None, metavar="FILE",
+                        help="JSON file merged over the DeepSpeed config the deepspeed_* strategies generate "
+                             "(any DeepSpeed setting: bucket sizes, offload details, ...)")
+
+
+def strategy_options(args: argparse.Namespace) -> dict:
+    """Keyword arguments of ``build_strategy`` besides the name: precision and the DeepSpeed config file."""
+    options = {"precision": getattr(args, "precision", None)}
+    path = getattr(args, "deepspeed_config", None)
+    if path:
+        with open(path) as f:
+            options["config"] = json.load(f)
+    return options
 
 
 def model_options(args: argparse.Namespace) -> dict:
@@ -50,6 +65,9 @@ def precision_problem(args: argparse.Namespace) -> Optional[str]:
     """Why ``--precision`` does not suit the strategy, or ``--attn_implementation flash_attention_2`` cannot run
     here; None when both are fine (``checks.validate`` raises the message as a UsageError)."""
     precision, strategy = getattr(args, "precision", None), getattr(args, "strategy", None) or ""
+    problem = _deepspeed_config_problem(getattr(args, "deepspeed_config", None), strategy)
+    if problem:
+        return problem
     if precision == "fp32" and strategy.startswith("colossalai_gemini"):
         return (f"--strategy {strategy} computes in bf16 or fp16 only (ColossalAI's Gemini has no fp32 "
                 "mode): pass --precision bf16 or fp16, or use colossalai_zero2")
@@ -66,3 +84,16 @@ def precision_problem(args: argparse.Namespace) -> Optional[str]:
         return ("--attn_implementation flash_attention_2 computes in bf16 or fp16 only: add "
                 "--precision bf16 (or fp16)")
     return None
+
+
+def _deepspeed_config_problem(path: Optional[str], strategy: str) -> Optional[str]:
+    if not path:
+        return None
+    if not strategy.startswith("deepspeed"):
+        return f"--deepspeed_config {path!r} applies to the deepspeed_* strategies only, not --strategy {strategy}"
+    try:
+        with open(path) as f:
+            config = json.load(f)
+    except (OSError, ValueError) as err:
+        return f"--deepspeed_config {path!r}: cannot read it as JSON: {err}"
+    return None if isinstance(config, dict) else f"--deepspeed_config {path!r} must hold a JSON object"

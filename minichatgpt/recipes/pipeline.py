@@ -142,7 +142,8 @@ def stage_argvs(args: argparse.Namespace) -> Dict[str, List[str]]:
     out = args.output_dir
     base = dict(strategy=args.strategy, seed=args.seed, metrics_path=os.path.join(out, "metrics.jsonl"),
                 save_interval=args.save_interval or None, save_total_limit=args.save_total_limit,
-                precision=args.precision, save_dtype=args.save_dtype, attn_implementation=args.attn_implementation)
+                precision=args.precision, save_dtype=args.save_dtype, attn_implementation=args.attn_implementation,
+                deepspeed_config=args.deepspeed_config)
     stages = {
         "sft": (sft, args.sft_dataset, dict(pretrain=args.pretrain, dataset=args.sft_dataset,
                                             lora_rank=args.lora_rank or None)),

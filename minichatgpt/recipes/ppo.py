@@ -176,7 +176,8 @@ def main(argv: Optional[List[str]] = None) -> dict:
         pipeline_flags = {"--save_path": "--output_dir", "--seed": "--seed", "--strategy": "--strategy",
                           "--prompt_path": "--prompt_dataset", "--lora_rank": "--lora_rank",
                           "--precision": "--precision", "--save_dtype": "--save_dtype",
-                          "--attn_implementation": "--attn_implementation"}
+                          "--attn_implementation": "--attn_implementation",
+                          "--deepspeed_config": "--deepspeed_config"}
         mapped, rest = _split_flags(parser, sys.argv[1:] if argv is None else argv, pipeline_flags)
         mapped.setdefault("--output_dir", "outputs/pipeline")
         return pipeline_main([item for flag, value in mapped.items() for item in (flag, value)]

@@ -140,3 +140,23 @@ def test_gpt_dummy_ddp_under_torchrun(tmp_path):
     (record,) = read_results(results)  # rank 0 only writes
     check_record(record, PHASES, world_size=2)
     assert record["results"]["phases"]["generation"]["samples"] == 2 * 2 * 4  # both ranks' rollouts
+
+
+def test_bench_precision_bf16_methods_times_all_three():
+    best = load_script("bench_precision").main(["--model", "tiny", "--bf16_methods", "--repeats", "1",
+                                                 "--batch_size", "2", "--seq_len", "16"])
+    assert set(best) == {"fp32", "autocast", "bf16_weights"} and all(0 < s < 60 for s in best.values())
+
+
+@pytest.mark.slow
+def test_bench_precision_compares_fp32_and_bf16_on_every_stage(tmp_path):
+    results = tmp_path / "precision.jsonl"
+    summary = load_script("bench_precision").main(
+        ["--model", "tiny", "--repeats", "1", "--steps", "1", "--seq_len", "32", "--batch_size", "2",
+         "--ppo_prompt_len", "8", "--ppo_new_tokens", "4", "--results", str(results)])
+    assert set(summary["stages"]) == {"sft", "rm", "ppo"}
+    for stage, rows in summary["stages"].items():
+        assert set(rows) == {"fp32", "bf16"} and all(r["train_step_s"] > 0 for r in rows.values())
+        assert summary["ratios"][stage]["train_step_speedup"] > 0
+    assert summary["ratios"]["sft"]["final_close"]  # one step: the losses agree to bf16 precision
+    assert json.loads(results.read_text().splitlines()[-1])["config"]["model"] == "tiny"

@@ -12,7 +12,7 @@ from transformers import AutoModelForCausalLM
 from minichatgpt import demo
 from minichatgpt.recipes import pipeline, ppo, sft
 from minichatgpt.recipes.checks import UsageError
-from minichatgpt.recipes.model_flags import precision_problem
+from minichatgpt.recipes.model_flags import precision_problem, strategy_options
 
 
 def _saved_dtypes(directory) -> set:
@@ -69,3 +69,20 @@ def test_pipeline_passes_precision_and_model_flags_to_every_stage():
         parsed = {"sft": sft, "rm": sft, "ppo": ppo}[stage].build_parser().parse_known_args(argv)[0]
         assert (parsed.precision, parsed.save_dtype, parsed.attn_implementation, parsed.trust_remote_code) == \
             ("bf16", "fp16", "eager", True), stage
+
+
+def test_deepspeed_config_file_is_merged_over_the_generated_one(tmp_path):
+    from minichatgpt.trainer.strategies.deepspeed import DeepSpeedOptions
+
+    path = tmp_path / "ds.json"
+    path.write_text(json.dumps({"zero_optimization": {"reduce_bucket_size": 1000}, "wall_clock_breakdown": True}))
+    args = argparse.Namespace(strategy="deepspeed_zero2", precision="bf16", deepspeed_config=str(path))
+    assert precision_problem(args) is None
+    options = strategy_options(args)
+    config = DeepSpeedOptions(stage=2, precision=options["precision"], config=options["config"]).ds_config(True)
+    assert config["zero_optimization"] == {"stage": 2, "reduce_bucket_size": 1000}  # merged, stage kept
+    assert config["wall_clock_breakdown"] is True and config["bf16"] == {"enabled": True}
+    assert "deepspeed_* strategies only" in precision_problem(argparse.Namespace(strategy="ddp",
+                                                                                 deepspeed_config=str(path)))
+    path.write_text("[1, 2]")
+    assert "JSON object" in precision_problem(args)
