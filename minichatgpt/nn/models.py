@@ -82,6 +82,8 @@ class Actor(nn.Module):
         lora_train_bias: ``"none"``, ``"all"`` or ``"lora_only"``.
         attn_implementation: ``"sdpa"``, ``"flash_attention_2"`` or ``"eager"`` (None: transformers' choice).
         trust_remote_code: allow a hub checkpoint's own modelling code to run.
+        dtype: load the weights in this dtype (default float32); bf16 halves the memory of weights that stay
+            frozen (a LoRA base, a reference or reward model) under a bf16 strategy.
     """
 
     default_config: Optional[type] = None
@@ -89,11 +91,12 @@ class Actor(nn.Module):
     def __init__(self, model: Optional[PreTrainedModel] = None, *, pretrained: Optional[str] = None,
                  config: ConfigLike = None, checkpoint: bool = False, lora_rank: int = 0,
                  lora_train_bias: str = "none", lora_alpha: Optional[float] = None,
-                 attn_implementation: Optional[str] = None, trust_remote_code: bool = False):
+                 attn_implementation: Optional[str] = None, trust_remote_code: bool = False,
+                 dtype: Optional[torch.dtype] = None):
         super().__init__()
         self.model = _build(model, pretrained, config, "causal_lm", self.default_config, checkpoint, lora_rank,
                             lora_train_bias, lora_alpha, "CAUSAL_LM",
-                            dict(attn_implementation=attn_implementation, trust_remote_code=trust_remote_code))
+                            dict(attn_implementation=attn_implementation, trust_remote_code=trust_remote_code, dtype=dtype))
         self._use_position_ids = accepts_position_ids(self.model)
 
     def forward(self, sequences: torch.Tensor, attention_mask: torch.Tensor,
@@ -148,11 +151,12 @@ class _ScalarHeadModel(nn.Module):
     def __init__(self, model: Optional[nn.Module] = None, value_head: Optional[nn.Linear] = None, *,
                  pretrained: Optional[str] = None, config: ConfigLike = None, checkpoint: bool = False,
                  lora_rank: int = 0, lora_train_bias: str = "none", lora_alpha: Optional[float] = None,
-                 attn_implementation: Optional[str] = None, trust_remote_code: bool = False):
+                 attn_implementation: Optional[str] = None, trust_remote_code: bool = False,
+                 dtype: Optional[torch.dtype] = None):
         super().__init__()
         self.model = _build(model, pretrained, config, "backbone", self.default_config, checkpoint, lora_rank,
                             lora_train_bias, lora_alpha, "FEATURE_EXTRACTION",
-                            dict(attn_implementation=attn_implementation, trust_remote_code=trust_remote_code))
+                            dict(attn_implementation=attn_implementation, trust_remote_code=trust_remote_code, dtype=dtype))
         hidden_size = _hf_config(self.model).hidden_size
         if value_head is None:
             value_head = nn.Linear(hidden_size, 1, bias=False)

@@ -174,7 +174,8 @@ def run_supervised_stage(args: argparse.Namespace, stage: str, model_cls, datase
     tokenizer = build_tokenizer(args)
     with strategy.model_init_context():
         model = model_cls(**model_source(args, tokenizer), checkpoint=args.grad_checkpoint, lora_rank=args.lora_rank,
-                          lora_train_bias=args.lora_train_bias, **model_options(args))
+                          lora_train_bias=args.lora_train_bias,
+                          **model_options(args, fully_trained=args.lora_rank == 0))
     dataset = dataset_cls(args.dataset or demo_records(), tokenizer, max_len=args.max_len,
                           max_datasets_size=args.max_datasets_size)
     if args.eval_dataset:

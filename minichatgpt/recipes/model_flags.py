@@ -49,10 +49,17 @@ def strategy_options(args: argparse.Namespace) -> dict:
     return options
 
 
-def model_options(args: argparse.Namespace) -> dict:
-    """Keyword arguments of the model constructors that ``add_model_arguments`` controls."""
+def model_options(args: argparse.Namespace, fully_trained: bool = False) -> dict:
+    """Keyword arguments of the model constructors that ``add_model_arguments`` controls.
+
+    With ``--precision bf16`` under naive/DDP (which keep frozen weights in bf16), a model whose weights stay
+    frozen (a LoRA model's base, a reference or reward model: ``fully_trained=False``) loads straight in bf16,
+    so no float32 copy of it is ever held; a fully trained model loads in float32, its masters' precision.
+    """
+    bf16_frozen = getattr(args, "precision", None) == "bf16" and getattr(args, "strategy", None) in ("naive", "ddp")
     return {"attn_implementation": getattr(args, "attn_implementation", None),
-            "trust_remote_code": getattr(args, "trust_remote_code", False)}
+            "trust_remote_code": getattr(args, "trust_remote_code", False),
+            "dtype": torch.bfloat16 if bf16_frozen and not fully_trained else None}
 
 
 def save_dtype(args: argparse.Namespace) -> Optional[str]:

@@ -86,11 +86,12 @@ def build_models(args: argparse.Namespace):
         raise ValueError("--pretrain (the SFT model) is required; `minichatgpt pipeline` trains one first")
     lora = dict(lora_rank=args.lora_rank, lora_train_bias=args.lora_train_bias)
     options = dict(checkpoint=args.grad_checkpoint, **model_options(args))
+    trained = dict(options, **model_options(args, fully_trained=args.lora_rank == 0), **lora)
     share = args.lora_rank > 0 and not args.no_shared_reference
     rm_source = args.rm_pretrain or args.pretrain
-    actor = Actor(pretrained=args.pretrain, **lora, **options)
+    actor = Actor(pretrained=args.pretrain, **trained)
     reference = None if share else Actor(pretrained=args.pretrain, **options)
-    critic = Critic(pretrained=rm_source, **lora, **options)
+    critic = Critic(pretrained=rm_source, **trained)
     if share and args.lora_train_bias == "none":
         # The critic's frozen base weights and a frozen copy of its head; freezing this module as a
         # whole would also freeze the critic's adapters, which live in the same backbone.

@@ -86,3 +86,19 @@ def test_deepspeed_config_file_is_merged_over_the_generated_one(tmp_path):
                                                                                  deepspeed_config=str(path)))
     path.write_text("[1, 2]")
     assert "JSON object" in precision_problem(args)
+
+
+def test_frozen_weights_load_in_bf16_under_a_bf16_replicated_strategy(tiny_model_dirs):
+    from minichatgpt.recipes.model_flags import model_options
+
+    bf16 = argparse.Namespace(precision="bf16", strategy="naive")
+    assert model_options(bf16)["dtype"] == torch.bfloat16  # reference, reward model, a LoRA base
+    assert model_options(bf16, fully_trained=True)["dtype"] is None  # float32, the masters' precision
+    assert model_options(argparse.Namespace(precision="bf16", strategy="fsdp"))["dtype"] is None
+    assert model_options(argparse.Namespace(precision="fp32", strategy="naive"))["dtype"] is None
+    args = ppo.build_parser().parse_args(["--pretrain", tiny_model_dirs["llama"], "--precision", "bf16",
+                                          "--lora_rank", "4", "--no_shared_reference"])
+    actor, critic, reward_model, reference = ppo.build_models(args)
+    for model in (actor, critic, reward_model, reference):
+        frozen = {p.dtype for p in model.model.parameters() if not p.requires_grad}
+        assert frozen == {torch.bfloat16}
