@@ -9,9 +9,9 @@ optimizer steps and checkpoints.
   weights would overflow where bf16's wider exponent does not.
 * ``fp32``: nothing changes.
 
-Why bf16 weights rather than autocast for bf16: measured on this CPU (benchmarks/README.md, "Mixed
-precision"), autocast's per-op casts made a GPT-2 ``xs`` forward+backward slower than float32, while bf16
-weights made it about 2x faster; the float32 masters keep updates far below bf16's resolution (an lr of
+Why bf16 weights rather than autocast for bf16: measured on a CPU (benchmarks/README.md, "Mixed
+precision"), autocast's per-op casts left a GPT-2 ``xs`` forward+backward about as slow as float32, while bf16
+weights made it 1.3-2.3x faster; the float32 masters keep updates far below bf16's resolution (an lr of
 1e-6 moves a weight by ~1e-6 relative, bf16 resolves ~4e-3), which bf16 weights alone would round away.
 """
 

@@ -1,14 +1,8 @@
-"""Mixed precision for the strategies that keep float32 master weights (naive, DDP; FSDP's loss scaling).
+"""Precision building blocks: dtype names, ``torch.autocast`` around a model's methods, fp16 loss scaling.
 
-The convention of ``torch.amp``: trained parameters and optimizer state stay float32; forwards (training,
-rollouts, reference, critic and reward) run under ``torch.autocast`` in the compute dtype, so matmuls run in
-bf16/fp16 while reductions autocast keeps in float32 stay there; fp16 adds a dynamic gradient scaler so small
-gradients do not underflow. Callers cast logits and values to float32 before log-probs, KL, GAE and losses
-(``minichatgpt.functional`` does).
-
-Why not bf16 weights with float32 optimizer state: a bf16 weight has 8 mantissa bits, so an Adam update
-smaller than about 1/256 of the weight is rounded away (PPO's actor lr of 1e-6 moves weights by ~1e-6,
-far below that), and on this CPU it was not faster either (benchmarks/README.md, "Mixed precision").
+``strategies.mixed`` combines them for naive/DDP (bf16 weights with float32 masters; fp16 autocast with a
+``GradScaler``); FSDP uses the loss scaling. Callers cast logits and values to float32 before log-probs, KL,
+GAE and losses (``minichatgpt.functional`` does).
 """
 
 import types
