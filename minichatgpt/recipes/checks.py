@@ -106,8 +106,8 @@ def check_numbers(args: argparse.Namespace) -> None:
 
 def check_combinations(args: argparse.Namespace) -> None:
     """Flags that are each in range but cannot go together; ``--resume`` names a directory."""
-    if precision_problem(args):
-        raise UsageError(precision_problem(args))
+    if problem := precision_problem(args):
+        raise UsageError(problem)
     if getattr(args, "update_timesteps", None) and getattr(args, "num_episodes", None) and \
             getattr(args, "max_timesteps", None):
         total = args.num_episodes * args.max_timesteps
