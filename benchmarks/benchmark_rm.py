@@ -7,7 +7,7 @@ Times ``--steps`` optimizer steps of ``RewardModelTrainer`` (after ``--warmup_st
 ``--batch_size`` pairs per rank, each half ``--seq_len`` uniformly random token ids (chosen and rejected go
 through the backbone together as 2B rows, as in training). Samples are pairs, tokens count both halves;
 TFLOPS = ``6 * N * tokens`` (Kaplan et al. 2020, arXiv:2001.08361). Also peak memory per rank and the
-training fraction of a measured fp32 matmul TFLOPS; rank 0 appends one JSON line to ``--results``.
+training fraction of a measured matmul TFLOPS (in --precision); rank 0 appends one JSON line to ``--results``.
 See ``benchmarks/common.py``.
 """
 

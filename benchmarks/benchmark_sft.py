@@ -6,7 +6,7 @@
 Times ``--steps`` optimizer steps of ``SFTTrainer`` (after ``--warmup_steps`` untimed ones) on
 ``--batch_size`` sequences per rank of ``--seq_len`` uniformly random token ids, the LM loss on every
 token. Reports time, samples/s and tokens/s over all ranks, estimated TFLOPS (``6 * N * tokens``,
-Kaplan et al. 2020, arXiv:2001.08361), peak memory per rank, a measured fp32 matmul TFLOPS and the
+Kaplan et al. 2020, arXiv:2001.08361), peak memory per rank, a measured matmul TFLOPS (in --precision) and the
 training fraction of it; rank 0 appends one JSON line to ``--results``. See ``benchmarks/common.py``.
 """
 

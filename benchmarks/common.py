@@ -27,7 +27,8 @@ import transformers
 from torch.utils.data import Dataset
 from transformers import GPT2Config
 
-from minichatgpt.trainer.strategies import STRATEGY_NAMES, Strategy, build_strategy
+from minichatgpt.trainer.strategies import PRECISIONS, STRATEGY_NAMES, Strategy, build_strategy
+from minichatgpt.trainer.strategies.precision import as_dtype
 from minichatgpt.trainer.strategies.utils import set_seed
 from minichatgpt.trainer.utils import count_parameters
 
@@ -74,6 +75,9 @@ def add_common_arguments(parser: argparse.ArgumentParser, default_strategy: str 
     parser.add_argument("--strategy", default=default_strategy, choices=STRATEGY_NAMES,
                         help="compute backend; distributed ones under torchrun")
     parser.add_argument("--lora_rank", type=int, default=0, help="> 0 trains LoRA adapters of this rank only")
+    parser.add_argument("--precision", default=None, choices=PRECISIONS,
+                        help="compute dtype (see minichatgpt.trainer.strategies.precision); the matmul reference "
+                             "is measured in it too. Default: fp32 (fp16 for the colossalai strategies)")
     parser.add_argument("--vocab_size", type=int, default=None,
                         help=f"default: {GPT2_VOCAB} for the GPT-2 presets, 2048-4096 for tiny/xxs/xs")
     parser.add_argument("--cuda_mem_frac", type=float, default=1.0,
@@ -87,7 +91,7 @@ def add_common_arguments(parser: argparse.ArgumentParser, default_strategy: str 
 def setup(args: argparse.Namespace) -> Strategy:
     """Build the strategy (joins the process group), seed, and cap CUDA memory if asked."""
     args.load_average_1m_start = os.getloadavg()[0]  # goes to the record, next to the one at the end
-    strategy = build_strategy(args.strategy)
+    strategy = build_strategy(args.strategy, precision=args.precision)
     set_seed(args.seed)
     if strategy.device.type == "cuda" and args.cuda_mem_frac < 1.0:
         torch.cuda.set_per_process_memory_fraction(args.cuda_mem_frac, strategy.device)
@@ -150,7 +154,8 @@ class MatmulReference:
         self.strategy, self.size, self.samples = strategy, size, []
 
     def measure(self) -> None:
-        self.samples.append(gather(matmul_tflops(self.strategy, self.size)))
+        dtype = as_dtype(self.strategy.precision)  # the rate of the dtype training computes in
+        self.samples.append(gather(matmul_tflops(self.strategy, self.size, dtype)))
 
     def per_rank(self) -> List[float]:
         return [sum(s[r] for s in self.samples) / len(self.samples) for r in range(len(self.samples[0]))]
@@ -299,7 +304,7 @@ def run_supervised(stage: str, args: argparse.Namespace) -> dict:
     """Time ``--steps`` optimizer steps of the library's SFTTrainer (``stage="sft"``) or RewardModelTrainer
     (``"rm"``) on random full-length sequences, after ``--warmup_steps`` untimed ones.
 
-    ``fit`` runs twice on one trainer: a warm-up loader, then the timed loader; the timed span includes
+    ``fit`` runs twice: a warm-up loader, then the timed loader (on a fresh trainer); the timed span includes
     everything ``fit`` does per step (device moves, forward, backward, clipping, optimizer step).
     Returns the JSON record (on every rank; rank 0 prints it and appends it to ``--results``).
     """
@@ -317,13 +322,16 @@ def run_supervised(stage: str, args: argparse.Namespace) -> dict:
     model, optim = strategy.prepare((model, optim))
     module = strategy.unwrap_model(model)
     params = {"model": count_parameters(module), "trainable": count_parameters(module, trainable_only=True)}
-    trainer = trainer_cls(model, strategy, optim, max_epochs=1, log_interval=10 ** 9)
+    # Every step logs (a mean over one step), so the returned metrics hold the last step's loss. One trainer
+    # per fit: a trainer resumes at its data position, so a second fit on the same one would skip batches.
+    def trainer():
+        return trainer_cls(model, strategy, optim, max_epochs=1, log_interval=1)
 
     world, rows_per_step = strategy.world_size, args.batch_size * strategy.world_size
     vocab = config.vocab_size
     if args.warmup_steps > 0:
         warmup = _supervised_data(stage, args.warmup_steps * rows_per_step, args.seq_len, vocab, args.seed + 100)
-        trainer.fit(strategy.setup_dataloader(warmup, args.batch_size, shuffle=False, drop_last=True))
+        trainer().fit(strategy.setup_dataloader(warmup, args.batch_size, shuffle=False, drop_last=True))
     timed = _supervised_data(stage, args.steps * rows_per_step, args.seq_len, vocab, args.seed)
     loader = strategy.setup_dataloader(timed, args.batch_size, shuffle=False, drop_last=True)
     matmul = MatmulReference(strategy, args.matmul_size)
@@ -332,7 +340,7 @@ def run_supervised(stage: str, args: argparse.Namespace) -> dict:
     strategy.barrier()
     synchronize(strategy)
     start = time.perf_counter()
-    metrics = trainer.fit(loader)
+    metrics = trainer().fit(loader)
     synchronize(strategy)
     seconds = time.perf_counter() - start
     matmul.measure()
@@ -356,4 +364,4 @@ def run_supervised(stage: str, args: argparse.Namespace) -> dict:
 
 def matmul_description(strategy: Strategy, args: argparse.Namespace) -> str:
     size = args.matmul_size or (4096 if strategy.device.type == "cuda" else 1024)
-    return f"fp32 {size}x{size} on {strategy.device.type}, {torch.get_num_threads()} thread(s)"
+    return f"{strategy.precision} {size}x{size} on {strategy.device.type}, {torch.get_num_threads()} thread(s)"

@@ -65,7 +65,8 @@ def to_config(config: ConfigLike) -> Optional[PretrainedConfig]:
 
 
 def load_model(pretrained: Optional[str] = None, config: ConfigLike = None, head: str = "causal_lm",
-               dtype: Optional[torch.dtype] = None, trust_remote_code: bool = False) -> PreTrainedModel:
+               dtype: Optional[torch.dtype] = None, trust_remote_code: bool = False,
+               attn_implementation: Optional[str] = None) -> PreTrainedModel:
     """Build a model with (``head="causal_lm"``) or without (``head="backbone"``) its LM head.
 
     Args:
@@ -74,21 +75,56 @@ def load_model(pretrained: Optional[str] = None, config: ConfigLike = None, head
         head: ``"causal_lm"`` (AutoModelForCausalLM) or ``"backbone"`` (AutoModel: hidden states only,
             used by critics and reward models so no (B, T, V) logits are computed).
         dtype: parameter dtype; float32 by default (training keeps master weights in float32).
+        trust_remote_code: allow a hub checkpoint's own modelling code to run.
+        attn_implementation: ``"sdpa"``, ``"flash_attention_2"`` or ``"eager"``; None lets transformers choose.
+
+    The dtype the checkpoint was stored in is kept as ``model.source_dtype`` (float32 for configs and GGUF
+    files), the default dtype ``save_pretrained`` writes back.
     """
     auto = {"causal_lm": AutoModelForCausalLM, "backbone": AutoModel}[head]
+    if attn_implementation == "flash_attention_2":
+        check_flash_attention()
+    options = {"trust_remote_code": trust_remote_code}
+    if attn_implementation is not None:
+        options["attn_implementation"] = attn_implementation
     with quiet_transformers():
-        return _load(auto, pretrained, config, dtype, trust_remote_code)
+        model = _load(auto, pretrained, config, dtype, options)
+    model.source_dtype = source_dtype(pretrained, trust_remote_code)
+    return model
 
 
-def _load(auto, pretrained, config, dtype, trust_remote_code):
+def check_flash_attention() -> None:
+    """FlashAttention-2 needs the ``flash_attn`` package (CUDA only); say so before loading anything."""
+    import importlib.util
+
+    if importlib.util.find_spec("flash_attn") is None:
+        raise ImportError("attn_implementation='flash_attention_2' needs the flash_attn package (pip install "
+                          "flash-attn --no-build-isolation, on a CUDA machine); use 'sdpa' (the default) otherwise")
+
+
+def source_dtype(pretrained: Optional[str], trust_remote_code: bool = False) -> torch.dtype:
+    """The dtype a checkpoint's config says its weights are stored in; float32 when unknown (configs, GGUF)."""
+    if pretrained is None or pretrained.endswith(".gguf"):
+        return torch.float32
+    try:
+        config = AutoConfig.from_pretrained(os.path.expanduser(pretrained), trust_remote_code=trust_remote_code)
+    except (OSError, ValueError):
+        return torch.float32
+    dtype = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype, None)
+    return dtype if isinstance(dtype, torch.dtype) and dtype.is_floating_point else torch.float32
+
+
+def _load(auto, pretrained, config, dtype, options):
     if pretrained is None:
         if config is None:
             raise ValueError("either pretrained= or config= must be given")
-        model = auto.from_config(to_config(config), trust_remote_code=trust_remote_code)
+        model = auto.from_config(to_config(config), **options)
         return model.to(dtype) if dtype is not None else model
     _check_local(pretrained)
     path, gguf_file = split_gguf(os.path.expanduser(pretrained))
-    kwargs = {_DTYPE_KWARG: dtype or torch.float32, "trust_remote_code": trust_remote_code}
+    kwargs = {_DTYPE_KWARG: dtype or torch.float32, **options}
     if gguf_file is None:
         return auto.from_pretrained(path, **kwargs)
     require(("gguf",), "gguf", f"loading {pretrained}")

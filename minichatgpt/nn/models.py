@@ -26,14 +26,15 @@ from .lora import (adapters_disabled, apply_lora, frozen_base, is_lora, merged_c
 
 def _build(model: Optional[nn.Module], pretrained: Optional[str], config: ConfigLike, head: str,
            default_config: Optional[type], checkpoint: bool, lora_rank: int, lora_train_bias: str,
-           lora_alpha: Optional[float], task_type: Optional[str]) -> nn.Module:
-    """Shared constructor logic: pick/load the model, gradient checkpointing, LoRA."""
+           lora_alpha: Optional[float], task_type: Optional[str], load_options: dict) -> nn.Module:
+    """Shared constructor logic: pick/load the model (``load_options`` go to ``load_model``), gradient
+    checkpointing, LoRA."""
     if model is None:
         if pretrained is None and config is None:
             if default_config is None:
                 raise ValueError("pass a model, pretrained= (hub name, directory or .gguf file) or config=")
             config = default_config()
-        model = load_model(pretrained, config, head=head)
+        model = load_model(pretrained, config, head=head, **load_options)
     elif head == "backbone" and hasattr(model, "get_output_embeddings") and model.get_output_embeddings() is not None:
         model = model.base_model  # a causal LM was given: keep its backbone only
     if checkpoint:
@@ -89,16 +90,23 @@ class Actor(nn.Module):
         checkpoint: enable gradient checkpointing.
         lora_rank: > 0 adds LoRA adapters of that rank and freezes everything else.
         lora_train_bias: ``"none"``, ``"all"`` or ``"lora_only"``.
+        attn_implementation: ``"sdpa"``, ``"flash_attention_2"`` or ``"eager"`` (None: transformers' choice).
+        trust_remote_code: allow a hub checkpoint's own modelling code to run.
+        dtype: load the weights in this dtype (default float32); bf16 halves the memory of weights that stay
+            frozen (a LoRA base, a reference or reward model) under a bf16 strategy.
     """
 
     default_config: Optional[type] = None
 
     def __init__(self, model: Optional[PreTrainedModel] = None, *, pretrained: Optional[str] = None,
                  config: ConfigLike = None, checkpoint: bool = False, lora_rank: int = 0,
-                 lora_train_bias: str = "none", lora_alpha: Optional[float] = None):
+                 lora_train_bias: str = "none", lora_alpha: Optional[float] = None,
+                 attn_implementation: Optional[str] = None, trust_remote_code: bool = False,
+                 dtype: Optional[torch.dtype] = None):
         super().__init__()
         self.model = _build(model, pretrained, config, "causal_lm", self.default_config, checkpoint, lora_rank,
-                            lora_train_bias, lora_alpha, "CAUSAL_LM")
+                            lora_train_bias, lora_alpha, "CAUSAL_LM",
+                            dict(attn_implementation=attn_implementation, trust_remote_code=trust_remote_code, dtype=dtype))
         self._use_position_ids = accepts_position_ids(self.model)
 
     def forward(self, sequences: torch.Tensor, attention_mask: torch.Tensor,
@@ -167,10 +175,13 @@ class _ScalarHeadModel(nn.Module):
 
     def __init__(self, model: Optional[nn.Module] = None, value_head: Optional[nn.Linear] = None, *,
                  pretrained: Optional[str] = None, config: ConfigLike = None, checkpoint: bool = False,
-                 lora_rank: int = 0, lora_train_bias: str = "none", lora_alpha: Optional[float] = None):
+                 lora_rank: int = 0, lora_train_bias: str = "none", lora_alpha: Optional[float] = None,
+                 attn_implementation: Optional[str] = None, trust_remote_code: bool = False,
+                 dtype: Optional[torch.dtype] = None):
         super().__init__()
         self.model = _build(model, pretrained, config, "backbone", self.default_config, checkpoint, lora_rank,
-                            lora_train_bias, lora_alpha, "FEATURE_EXTRACTION")
+                            lora_train_bias, lora_alpha, "FEATURE_EXTRACTION",
+                            dict(attn_implementation=attn_implementation, trust_remote_code=trust_remote_code, dtype=dtype))
         hidden_size = backbone_output_size(_hf_config(self.model))
         if value_head is None:
             value_head = nn.Linear(hidden_size, 1, bias=False)

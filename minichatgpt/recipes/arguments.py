@@ -21,7 +21,8 @@ COMMAND_DEMO = {**DEMO, **RL_DEMO}
 COMMAND_DATA = {**DATA_FIELD, **RL_DATA_FIELD}
 
 # Pipeline fields that every stage takes as its own (unless its section sets them).
-SHARED = ("strategy", "seed", "skip_invalid_rows", "save_interval", "save_total_limit", "report_to", "log_level")
+SHARED = ("strategy", "seed", "skip_invalid_rows", "save_interval", "save_total_limit", "report_to", "log_level",
+          "precision", "save_dtype", "attn_implementation", "trust_remote_code", "deepspeed_config")
 # The pipeline's data field that each section reads (DPO learns from the reward model's pairs).
 PIPELINE_DATA = {"sft": "sft_dataset", "rm": "rm_dataset", "ppo": "prompt_dataset", "dpo": "rm_dataset",
                  "grpo": "prompt_dataset"}
@@ -107,8 +108,9 @@ def pipeline_preset(given: Dict[str, Any]) -> Dict[str, Any]:
 def pipeline_values_for_ppo(values: Dict[str, Any]) -> Dict[str, Any]:
     """``minichatgpt ppo`` without an SFT model runs the pipeline: the PPO values given, as the pipeline's
     (output directory, seed, strategy, prompts, LoRA rank) and its PPO section's (everything else)."""
-    renames = {"save_path": "output_dir", "seed": "seed", "strategy": "strategy", "prompt_path": "prompt_dataset",
-               "lora_rank": "lora_rank"}
+    renames = {"save_path": "output_dir", "prompt_path": "prompt_dataset",
+               **{name: name for name in ("seed", "strategy", "lora_rank", "precision", "save_dtype",
+                                          "attn_implementation", "deepspeed_config")}}
     pipeline = {renames[k]: v for k, v in values.items() if k in renames}
     pipeline.update({f"ppo.{k}": v for k, v in values.items() if k not in renames})
     return pipeline

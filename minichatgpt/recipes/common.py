@@ -20,6 +20,7 @@ from ..trainer.strategies import Strategy, build_strategy
 from ..log import get_logger, setup_logging
 from ..trainer.strategies.utils import set_seed
 from .checks import validate
+from .model_flags import model_options, save_dtype, strategy_options
 from .path_checks import output_dir, saves_state_dict
 
 logger = get_logger(__name__)
@@ -41,7 +42,7 @@ def setup(args, stage: str) -> Strategy:
     the output directory and write the resolved configuration into it (``config.yaml``)."""
     setup_logging(args.log_level)
     validate(args)
-    strategy = build_strategy(args.strategy)
+    strategy = build_strategy(args.strategy, **strategy_options(args))
     set_seed(args.seed)
     if args.save_path:
         out = output_dir(args.save_path)
@@ -66,7 +67,9 @@ def check_writable(path: str) -> None:
 def build_tokenizer(args):
     """The tokenizer of ``--tokenizer``/``--pretrain``, or the demo word tokenizer for the built-in model."""
     source = args.tokenizer or args.pretrain
-    return load_tokenizer(source) if source else demo.build_word_tokenizer()
+    if not source:
+        return demo.build_word_tokenizer()
+    return load_tokenizer(source, trust_remote_code=getattr(args, "trust_remote_code", False))
 
 
 def model_source(args, tokenizer) -> dict:
@@ -145,7 +148,8 @@ def run_supervised_stage(args, stage: str, model_cls, dataset_cls, collator_cls,
     tokenizer = build_tokenizer(args)
     with strategy.model_init_context():
         model = model_cls(**model_source(args, tokenizer), checkpoint=args.grad_checkpoint, lora_rank=args.lora_rank,
-                          lora_train_bias=args.lora_train_bias)
+                          lora_train_bias=args.lora_train_bias,
+                          **model_options(args, fully_trained=args.lora_rank == 0))
     dataset = dataset_cls(args.dataset or demo_records(), tokenizer, max_len=args.max_len,
                           max_datasets_size=args.max_datasets_size)
     if args.eval_dataset:
@@ -178,6 +182,6 @@ def run_supervised_stage(args, stage: str, model_cls, dataset_cls, collator_cls,
     if saves_state_dict(args.save_path):
         strategy.save_model(model, args.save_path, only_rank0=True)
     elif args.save_path:
-        save_pretrained(strategy, model, args.save_path, tokenizer)
+        save_pretrained(strategy, model, args.save_path, tokenizer, dtype=save_dtype(args))
     logger.info(f"{stage}: " + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
     return metrics

@@ -17,6 +17,7 @@ from ..log import LEVELS
 from ..trainer.configs import PPOTrainerConfig, SupervisedTrainerConfig, TrainingConfig
 from ..trainer.strategies import STRATEGY_NAMES
 from ..trainer.trackers import TRACKERS
+from .model_flags import ModelFlags
 from .reward_config import RewardFunctionFields, check_reward_functions
 
 MODEL_FAMILIES = ("auto", "gpt2", "opt", "bloom", "llama")
@@ -26,8 +27,9 @@ REPORT_HELP = "experiment trackers for the metrics (each needs its package): " +
 
 
 @dataclasses.dataclass
-class RunConfig(TrainingConfig):
-    """Fields of every stage (the training loop's come from ``TrainingConfig``)."""
+class RunConfig(TrainingConfig, ModelFlags):
+    """Fields of every stage (the training loop's come from ``TrainingConfig``, precision and model loading
+    from ``ModelFlags``)."""
     strategy: str = option("naive", "compute backend; distributed ones run under torchrun", choices=STRATEGY_NAMES)
     model: str = option("auto", "model family; kept for compatibility, the architecture is read from the checkpoint",
                         choices=MODEL_FAMILIES)
@@ -55,6 +57,7 @@ class RunConfig(TrainingConfig):
     skip_invalid_rows: bool = option(False, SKIP_HELP)
 
     def check(self) -> None:
+        super().check()
         if self.resume and not self.save_path:
             raise UsageError(f"--resume {self.resume!r} needs --save_path (checkpoints live in SAVE_PATH/checkpoints)")
         if self.resume and self.resume != "auto" and not os.path.isdir(os.path.expanduser(self.resume)):

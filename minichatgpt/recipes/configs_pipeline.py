@@ -10,6 +10,7 @@ from ..log import LEVELS
 from ..trainer.strategies import STRATEGY_NAMES
 from .configs import REPORT_HELP, TRACKERS, PPOConfig, RMConfig, SFTConfig
 from .configs_rl import DPOConfig, GRPOConfig
+from .model_flags import ModelFlags
 
 ALGOS = ("ppo", "dpo") + tuple(ADVANTAGE_ESTIMATORS)
 # Every section of the pipeline, in the order stages run.
@@ -18,7 +19,7 @@ SECTIONS: Dict[str, type] = {"sft": SFTConfig, "rm": RMConfig, "ppo": PPOConfig,
 
 
 @dataclasses.dataclass
-class PipelineConfig:
+class PipelineConfig(ModelFlags):
     """``minichatgpt pipeline``: SFT, then the stages ``--algo`` needs, then an evaluation against SFT.
 
     ppo: SFT -> reward model -> PPO; dpo: SFT -> DPO on the preference pairs; grpo, dr_grpo, rloo,
@@ -57,6 +58,7 @@ class PipelineConfig:
     grpo: GRPOConfig = option(help="the GRPO-family stage", default_factory=GRPOConfig)
 
     def check(self) -> None:
+        super().check()
         if self.reward_fn and self.algo == "dpo":
             raise UsageError("--reward_fn rewards an RL stage; --algo dpo learns from preference pairs only")
 

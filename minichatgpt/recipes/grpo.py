@@ -14,6 +14,7 @@ from ..trainer.utils import save_pretrained
 from .arguments import stage_parser
 from .common import Interrupted, build_tokenizer, checkpointing, metrics_logger, model_source, report_data, setup
 from .configs_rl import GRPOConfig
+from .model_flags import model_options, save_dtype
 from .reward_config import build_reward_functions
 
 DEMO_PROMPTS = 1024
@@ -26,15 +27,16 @@ def build_parser() -> ConfigParser:
 
 def build_models(args: GRPOConfig, tokenizer):
     """Policy, reference (None when LoRA's adapters-off base serves, or without a KL term) and reward model."""
-    source = model_source(args, tokenizer)
+    source, options = model_source(args, tokenizer), model_options(args)
     actor = Actor(**source, checkpoint=args.grad_checkpoint, lora_rank=args.lora_rank,
-                  lora_train_bias=args.lora_train_bias)
+                  lora_train_bias=args.lora_train_bias, **model_options(args, fully_trained=args.lora_rank == 0))
     reference = None
     if args.kl_coef > 0 and args.lora_rank == 0:
-        reference = Actor(**source).requires_grad_(False)
+        reference = Actor(**source, **options).requires_grad_(False)
         if "config" in source:  # the built-in model is random: the reference must start from the same weights
             reference.load_state_dict(actor.state_dict())
-    reward_model = RewardModel(pretrained=args.rm_pretrain).requires_grad_(False) if args.rm_pretrain else None
+    reward_model = RewardModel(pretrained=args.rm_pretrain, **options).requires_grad_(False) if args.rm_pretrain \
+        else None
     return actor, reference, reward_model
 
 
@@ -72,7 +74,7 @@ def run(args: GRPOConfig) -> dict:
     if trainer.interrupted:
         raise Interrupted("grpo", trainer.step, trainer.interrupted)
     if args.save_path:
-        save_pretrained(strategy, actor, args.save_path, tokenizer)
+        save_pretrained(strategy, actor, args.save_path, tokenizer, dtype=save_dtype(args))
     return metrics
 
 

@@ -22,6 +22,7 @@ from .arguments import stage_parser
 from ..log import get_logger
 from .common import Interrupted, build_tokenizer, checkpointing, metrics_logger, report_data, setup
 from .configs import PPOConfig
+from .model_flags import model_options, save_dtype
 from .path_checks import saves_state_dict
 from .reward_config import build_reward_functions
 
@@ -54,22 +55,25 @@ def build_models(args: PPOConfig):
     """Actor, critic, reward model and reference model (None when shared with the actor via LoRA).
 
     Every model is loaded from its directory rather than copied, so this works inside ZeRO-3's
-    partitioned ``model_init_context`` too.
+    partitioned ``model_init_context`` too. ``--grad_checkpoint``, ``--attn_implementation`` and
+    ``--trust_remote_code`` apply to all four (checkpointing only acts where gradients flow).
     """
     if args.pretrain is None:
         raise ValueError("--pretrain (the SFT model) is required; `minichatgpt pipeline` trains one first")
     lora = dict(lora_rank=args.lora_rank, lora_train_bias=args.lora_train_bias)
+    options = dict(checkpoint=args.grad_checkpoint, **model_options(args))
+    trained = dict(options, **model_options(args, fully_trained=args.lora_rank == 0), **lora)
     share, _ = reference_choice(args)
     rm_source = args.rm_pretrain or args.pretrain
-    actor = Actor(pretrained=args.pretrain, checkpoint=args.grad_checkpoint, **lora)
-    reference = None if share else Actor(pretrained=args.pretrain)
-    critic = Critic(pretrained=rm_source, checkpoint=args.grad_checkpoint, **lora)
+    actor = Actor(pretrained=args.pretrain, **trained)
+    reference = None if share else Actor(pretrained=args.pretrain, **options)
+    critic = Critic(pretrained=rm_source, **trained)
     if share:
         # The critic's frozen base weights and a frozen copy of its head; freezing this module as a
         # whole would also freeze the critic's adapters, which live in the same backbone.
         reward_model = RewardModel.sharing_backbone(critic)
     else:
-        reward_model = RewardModel(pretrained=rm_source).requires_grad_(False)
+        reward_model = RewardModel(pretrained=rm_source, **options).requires_grad_(False)
     if reference is not None:
         reference.requires_grad_(False)
     return actor, critic, reward_model, reference
@@ -136,8 +140,8 @@ def run(args: PPOConfig) -> dict:
     if saves_state_dict(args.save_path):  # the original project's actor_checkpoint_prompts.pt
         strategy.save_model(actor, args.save_path, only_rank0=True)
     elif args.save_path:
-        save_pretrained(strategy, actor, args.save_path, tokenizer)
-        save_pretrained(strategy, critic, os.path.join(args.save_path, "critic"), tokenizer)
+        save_pretrained(strategy, actor, args.save_path, tokenizer, dtype=save_dtype(args))
+        save_pretrained(strategy, critic, os.path.join(args.save_path, "critic"), tokenizer, dtype=save_dtype(args))
     return {"metrics": metrics, "performance": performance.summary()}
 
 

@@ -2,7 +2,7 @@
 
 import itertools
 import re
-from typing import Dict, Iterator, Optional
+from typing import Dict, Iterator, Optional, Union
 
 import torch
 import torch.nn as nn
@@ -106,21 +106,39 @@ def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
     return sum(getattr(p, "ds_numel", p.numel()) for p in module.parameters() if p.requires_grad or not trainable_only)
 
 
-def save_pretrained(strategy, model: nn.Module, directory: str, tokenizer=None) -> None:
+def save_pretrained(strategy, model: nn.Module, directory: str, tokenizer=None,
+                    dtype: Union[str, torch.dtype, None] = None) -> None:
     """Write a model as a Hugging Face directory (with tokenizer) from rank 0.
 
-    Sharded parameters (FSDP, ZeRO-3) are gathered into a plain copy of the model first.
+    Args:
+        dtype: dtype of the written weights (``"bf16"``, ``torch.float16``...); None: the dtype the model's
+            checkpoint was stored in (``source_dtype``, float32 for models built from a config).
+
+    Sharded parameters (FSDP, ZeRO-3) and low-precision working copies (DeepSpeed bf16/fp16) are replaced by
+    the gathered float32 state first; weights are then cast to ``dtype`` in a copy, never in the live model.
     """
     from ..nn import rebuilt_copy
+    from .strategies.precision import as_dtype
 
     module = strategy.unwrap_model(model)
-    if strategy.shards_parameters:
+    dtype = as_dtype(dtype) or source_dtype(module)
+    working_copy = any(p.is_floating_point() and p.dtype != torch.float32 for p in module.parameters())
+    if strategy.shards_parameters or working_copy or dtype != torch.float32:
         state = strategy.full_state_dict(model)  # collective: every rank takes part
         if strategy.is_rank0():
+            state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
             rebuilt_copy(module, state).save_pretrained(directory, tokenizer=tokenizer)
     elif strategy.is_rank0():
         module.save_pretrained(directory, tokenizer=tokenizer)
     strategy.barrier()
+
+
+def source_dtype(module: nn.Module) -> torch.dtype:
+    """The dtype the weights of an ``Actor``/``Critic``/``RewardModel`` were stored in before loading."""
+    for m in module.modules():
+        if isinstance(getattr(m, "source_dtype", None), torch.dtype):
+            return m.source_dtype
+    return torch.float32
 
 
 # Names of dropout probabilities in Hugging Face configs and in the modules that copy them at init:

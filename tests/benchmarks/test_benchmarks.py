@@ -104,6 +104,26 @@ def test_supervised_naive(stage, tmp_path, capsys):
     assert row["samples"] == 2 * 2
     assert row["tokens"] == 2 * 2 * 32 * (1 if stage == "sft" else 2)  # an RM pair is two sequences
     assert row["flops"] == 6 * record["params"]["model"] * row["tokens"]
+    assert "loss" in record["metrics"]  # the timed fit ran its steps (a reused trainer skipped them)
+
+
+def test_supervised_bf16_measures_the_bf16_matmul_rate(tmp_path):
+    results = tmp_path / "sft.jsonl"
+    load_script("benchmark_sft").main(SUPERVISED_ARGS + ["--precision", "bf16", "--results", str(results)])
+    (record,) = read_results(results)
+    assert record["config"]["precision"] == "bf16" and record["metrics"]["loss"] > 0
+
+
+def test_gpu_check_dry_run_prints_the_plan_within_eight_minutes(tmp_path):
+    script = os.path.join(BENCHMARKS, "gpu_check.sh")
+    result = subprocess.run(["bash", script, "--dry_run", "--out", str(tmp_path)], capture_output=True, text=True,
+                            env=dict(os.environ, OUT=""))
+    assert result.returncode == 0, result.stderr
+    steps = [line.split()[0] for line in result.stdout.splitlines()[1:-1]]
+    assert steps == ["install", "pytest_gpu", "ppo_bf16", "ppo_bf16_lora", "sft_bf16", "rm_bf16", "generate"]
+    assert "--no-deps" in result.stdout and "-m gpu" in result.stdout and str(tmp_path) in result.stdout
+    assert int(result.stdout.splitlines()[-1].split(":")[1].strip().rstrip("s")) <= 8 * 60
+    assert not any(tmp_path.iterdir())  # a dry run writes nothing
 
 
 @pytest.mark.distributed
@@ -120,3 +140,23 @@ def test_gpt_dummy_ddp_under_torchrun(tmp_path):
     (record,) = read_results(results)  # rank 0 only writes
     check_record(record, PHASES, world_size=2)
     assert record["results"]["phases"]["generation"]["samples"] == 2 * 2 * 4  # both ranks' rollouts
+
+
+def test_bench_precision_bf16_methods_times_all_three():
+    best = load_script("bench_precision").main(["--model", "tiny", "--bf16_methods", "--repeats", "1",
+                                                 "--batch_size", "2", "--seq_len", "16"])
+    assert set(best) == {"fp32", "autocast", "bf16_weights"} and all(0 < s < 60 for s in best.values())
+
+
+@pytest.mark.slow
+def test_bench_precision_compares_fp32_and_bf16_on_every_stage(tmp_path):
+    results = tmp_path / "precision.jsonl"
+    summary = load_script("bench_precision").main(
+        ["--model", "tiny", "--repeats", "1", "--steps", "1", "--seq_len", "32", "--batch_size", "2",
+         "--ppo_prompt_len", "8", "--ppo_new_tokens", "4", "--results", str(results)])
+    assert set(summary["stages"]) == {"sft", "rm", "ppo"}
+    for stage, rows in summary["stages"].items():
+        assert set(rows) == {"fp32", "bf16"} and all(r["train_step_s"] > 0 for r in rows.values())
+        assert summary["ratios"][stage]["train_step_speedup"] > 0
+    assert summary["ratios"]["sft"]["final_close"]  # one step: the losses agree to bf16 precision
+    assert json.loads(results.read_text().splitlines()[-1])["config"]["model"] == "tiny"

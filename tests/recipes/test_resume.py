@@ -116,6 +116,15 @@ def test_a_corrupted_checkpoint_is_refused_and_the_previous_one_used(tiny_model_
     assert_identical(tmp_path, uninterrupted["sft"])
 
 
+def test_bf16_ppo_killed_after_a_checkpoint_resumes_bit_identical(tiny_model_dirs, tmp_path):
+    """bf16 working weights are rebuilt from the float32 masters the checkpoint holds, so nothing is lost."""
+    args = lambda path: stage_args("ppo", tiny_model_dirs["gpt2"], path) + ["--precision", "bf16"]  # noqa: E731
+    assert main(args(tmp_path / "whole")) == 0
+    assert run_worker("kill_after_save", 4, args(tmp_path / "resumed")) == -signal.SIGKILL
+    assert main(args(tmp_path / "resumed") + ["--resume", "auto"]) == 0
+    assert_identical(tmp_path / "resumed", tmp_path / "whole")
+
+
 @pytest.mark.parametrize("stage,step", [("sft", 2), ("ppo", 3)])
 def test_sigterm_saves_at_the_next_step_and_exits_cleanly(stage, step, tiny_model_dirs, uninterrupted, tmp_path):
     """PPO's step 3 is a timestep between updates: the checkpoint carries a non-empty replay buffer."""

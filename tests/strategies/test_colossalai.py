@@ -117,3 +117,19 @@ def test_contract_calls_go_through_the_booster(fake_colossalai):
         strategy.save_optimizer(optim, "never.pt", only_rank0=True)
     with pytest.raises(ValueError, match="Adam/AdamW only"):
         strategy.prepare((nn.Linear(2, 2), torch.optim.SGD(nn.Linear(2, 2).parameters(), lr=0.1)))
+
+
+def test_load_model_checks_the_file_before_the_booster_reads_it(fake_colossalai, tmp_path):
+    """A plain tensor file reaches the booster; a pickle holding code is refused first, naming the file."""
+    loaded = []
+    _Booster.load_model = lambda self, model, path, strict=True: loaded.append(path)
+    strategy = ColossalAIStrategy(stage=2)
+    good = tmp_path / "actor.pt"
+    torch.save({"weight": torch.zeros(1, 4)}, good)
+    strategy.load_model(nn.Linear(4, 1), str(good))
+    assert loaded == [str(good)]
+    evil = tmp_path / "evil.pt"
+    torch.save({"weight": types.SimpleNamespace(code="not a tensor")}, evil)
+    with pytest.raises(Exception, match="evil.pt"):
+        strategy.load_model(nn.Linear(4, 1), str(evil))
+    assert loaded == [str(good)]

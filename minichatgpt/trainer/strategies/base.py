@@ -30,6 +30,8 @@ class Strategy(ABC):
     #: True when the engine measures (and clips) the gradient norm inside its optimizer step, so
     #: ``clip_grad_norm``'s value is known only after ``optimizer_step`` (DeepSpeed, ColossalAI).
     clips_in_step: bool = False
+    #: ``"fp32"``, ``"bf16"`` or ``"fp16"``: the dtype forwards compute in (float32 masters are kept).
+    precision: str = "fp32"
 
     @property
     @abstractmethod

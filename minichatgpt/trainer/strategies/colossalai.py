@@ -14,8 +14,8 @@ from torch.optim import Optimizer
 from torch.utils.data import DataLoader, Dataset
 
 from .base import Strategy
-from .utils import check_sharded_save, distributed_dataloader, fill_grad_norm, prepare_models, save_state_dict, \
-    set_seed, should_write
+from .utils import check_sharded_save, distributed_dataloader, fill_grad_norm, load_state_dict, prepare_models, \
+    save_state_dict, set_seed, should_write
 
 INSTALL_HINT = ("ColossalAIStrategy needs colossalai and a CUDA device. Install it into a separate environment "
                 "(colossalai pins torch<=2.5.1 and transformers==4.51.3): python -m venv .venv-colossalai && "
@@ -60,6 +60,14 @@ class ColossalAIOptions:
     precision: str = "fp16"
     max_norm: float = 1.0
     plugin_kwargs: Dict = field(default_factory=dict)
+
+    def check_precision(self) -> None:
+        """Gemini (stage 3) computes in fp16 or bf16 only; LowLevelZero also in fp32."""
+        allowed = ("fp16", "bf16") if self.stage == 3 else ("fp32", "fp16", "bf16")
+        if self.precision not in allowed:
+            raise ValueError(f"ColossalAI stage {self.stage} supports precision {' or '.join(allowed)}, not "
+                             f"{self.precision!r}" + (" (use --precision bf16 or fp16 with colossalai_gemini)"
+                                                      if self.stage == 3 else ""))
 
     def build_plugin(self):
         if self.stage not in (1, 2, 3) or self.placement_policy not in ("cuda", "cpu"):
@@ -121,6 +129,7 @@ class ColossalAIStrategy(Strategy):
                  max_norm: float = 1.0, **plugin_kwargs):
         self.options = ColossalAIOptions(stage=stage, placement_policy=placement_policy, precision=precision,
                                          max_norm=max_norm, plugin_kwargs=plugin_kwargs)
+        self.options.check_precision()  # before looking for CUDA: a bad value is reported on any machine
         self.seed = seed
         self._pending_norms = {}  # id(optimizer) -> tensor returned by clip_grad_norm
         self.setup_distributed()
@@ -131,6 +140,10 @@ class ColossalAIStrategy(Strategy):
     @property
     def device(self) -> torch.device:
         return torch.device("cuda", torch.cuda.current_device())
+
+    @property
+    def precision(self) -> str:
+        return self.options.precision
 
     def setup_distributed(self) -> None:
         colossalai = import_colossalai()

@@ -2,7 +2,7 @@
 
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, Dict, Optional
 
 import torch
 import torch.nn as nn
@@ -11,6 +11,8 @@ from torch.optim import Optimizer
 from torch.utils.data import DataLoader, Dataset
 
 from .base import Strategy
+from .mixed import MixedPrecision
+from .precision import load_with_scaler, save_with_scaler
 from .utils import (default_device, distributed_dataloader, join_process_group, load_object, load_state_dict,
                     prepare_models, save_object, save_state_dict, set_seed, should_write)
 
@@ -24,12 +26,15 @@ class DDPOptions:
         timeout_s: how long a collective waits for the other ranks before failing.
         find_unused_parameters: needed when some trained parameters get no gradient in a step.
         bucket_cap_mb: gradient all-reduce bucket size (DDP's default when None).
+        precision: ``"fp32"``, ``"bf16"`` (bf16 weights, float32 masters, optimizer state and gradient
+            all-reduce) or ``"fp16"`` (autocast over float32 weights, loss scaling); see ``strategies.mixed``.
     """
 
     backend: Optional[str] = None
     timeout_s: float = 1800.0
     find_unused_parameters: bool = False
     bucket_cap_mb: Optional[float] = None
+    precision: str = "fp32"
 
 
 class DDPStrategy(Strategy):
@@ -48,6 +53,8 @@ class DDPStrategy(Strategy):
         self.options = DDPOptions(**options)
         self.seed = seed
         self._device = default_device()
+        self.mixed = MixedPrecision(self.options.precision, self._device)
+        self.options.precision = self.mixed.precision
         self.setup_distributed()
 
     @property
@@ -61,27 +68,35 @@ class DDPStrategy(Strategy):
     def model_init_context(self):
         return nullcontext()
 
+    @property
+    def precision(self) -> str:
+        return self.options.precision
+
     def prepare(self, *models):
         def wrap(model: nn.Module, optim: Optimizer):
-            model = model.to(self.device)
+            model = self.mixed.prepare_trained(model, optim)
             device_ids = [self.device.index] if self.device.type == "cuda" else None
             kwargs = {} if self.options.bucket_cap_mb is None else {"bucket_cap_mb": self.options.bucket_cap_mb}
             ddp = DDP(model, device_ids=device_ids, find_unused_parameters=self.options.find_unused_parameters,
                       **kwargs)
+            if self.mixed.ddp_comm_hook() is not None:
+                ddp.register_comm_hook(None, self.mixed.ddp_comm_hook())
             return ddp, optim
 
-        return prepare_models(models, wrap, lambda model: model.to(self.device))
+        return prepare_models(models, wrap, self.mixed.prepare_frozen)
 
     def backward(self, loss: torch.Tensor, model: nn.Module, optimizer: Optimizer) -> None:
-        loss.backward()
+        self.mixed.backward(loss, optimizer)
 
     def clip_grad_norm(self, model: nn.Module, optimizer: Optimizer, max_norm: float) -> torch.Tensor:
-        # Gradients are already averaged, so every rank computes the same norm.
-        return torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+        # Gradients are already averaged, so every rank computes the same norm (and finds the same infs).
+        return torch.nn.utils.clip_grad_norm_(self.mixed.trained_parameters(model, optimizer), max_norm)
 
     def optimizer_step(self, optimizer: Optimizer, model: nn.Module) -> None:
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        self.mixed.step(optimizer)
+
+    def zero_grad(self, optimizer: Optimizer, model: nn.Module) -> None:
+        self.mixed.skip(optimizer)
 
     def setup_dataloader(self, dataset: Dataset, batch_size: int, shuffle: bool = True,
                          collate_fn: Optional[Callable] = None, drop_last: bool = False,
@@ -94,19 +109,22 @@ class DDPStrategy(Strategy):
     def gathered_params(self, model: nn.Module):
         return nullcontext()
 
+    def full_state_dict(self, model: nn.Module) -> Dict[str, torch.Tensor]:
+        return self.mixed.state_dict(self.unwrap_model(model))  # float32 masters of bf16 working weights
+
     def save_model(self, model: nn.Module, path: str, only_rank0: bool = True) -> None:
         if should_write(only_rank0):
-            save_state_dict(self.unwrap_model(model).state_dict(), path)
+            save_state_dict(self.full_state_dict(model), path)
         self.barrier()
 
     def load_model(self, model: nn.Module, path: str, strict: bool = True) -> None:
-        self.unwrap_model(model).load_state_dict(load_state_dict(path), strict=strict)
+        self.mixed.load_state_dict(self.unwrap_model(model), load_state_dict(path), strict=strict)
 
     def save_optimizer(self, optimizer: Optimizer, path: str, only_rank0: bool = False) -> None:
         # The state is replicated, so one copy is the whole state; only_rank0=False keeps one per node.
         if should_write(only_rank0):
-            save_object(optimizer.state_dict(), path)
+            save_object(save_with_scaler(optimizer, self.mixed.scaling), path)
         self.barrier()
 
     def load_optimizer(self, optimizer: Optimizer, path: str) -> None:
-        optimizer.load_state_dict(load_object(path))
+        load_with_scaler(optimizer, self.mixed.scaling, load_object(path))

@@ -12,6 +12,7 @@ from torch.optim import Optimizer
 from torch.utils.data import DataLoader, Dataset
 
 from .base import Strategy
+from .precision import as_dtype
 from .utils import (check_sharded_save, default_device, distributed_dataloader, fill_grad_norm, join_process_group,
                     load_object, load_state_dict, prepare_models, rank_path, save_object, save_state_dict, set_seed,
                     should_write)
@@ -124,6 +125,10 @@ class DeepSpeedStrategy(Strategy):
     def device(self) -> torch.device:
         return self._device
 
+    @property
+    def precision(self) -> str:
+        return self.options.precision
+
     def setup_distributed(self) -> None:
         deepspeed = import_deepspeed()
         backend = join_process_group(self._device, self.options.backend, self.options.timeout_s)
@@ -150,7 +155,7 @@ class DeepSpeedStrategy(Strategy):
     def prepare(self, *models):
         deepspeed = import_deepspeed()
         if self.options.stage == 3:
-            _check_no_partitioned_copies(models)
+            _prepare_partitioned(models, as_dtype(self.options.precision))
 
         def wrap_trained(model: nn.Module, optim: Optimizer):
             engine, *_ = deepspeed.initialize(model=model, optimizer=optim, config=self.options.ds_config(True),
@@ -160,7 +165,8 @@ class DeepSpeedStrategy(Strategy):
 
         def wrap_frozen(model: nn.Module):
             if self.options.stage != 3:
-                return model.to(self.device)
+                # Frozen models need no master copy: keep them in the working dtype the engines compute in.
+                return model.to(self.device, as_dtype(self.options.precision))
             engine, *_ = deepspeed.initialize(model=model, config=self.options.ds_config(False),
                                               dist_init_required=False)
             return engine
@@ -266,9 +272,10 @@ def full_state_dict(module: nn.Module, from_master: bool) -> Dict[str, torch.Ten
     return state
 
 
-def _check_no_partitioned_copies(models: tuple) -> None:
+def _prepare_partitioned(models: tuple, dtype: torch.dtype) -> None:
     """``copy.deepcopy`` of a ZeRO-3 partitioned model copies only the empty local placeholders (the copy has
-    no partitions behind them): refuse it with a clear message instead of failing in the first forward."""
+    no partitions behind them): refuse it with a clear message instead of failing in the first forward.
+    Parameters made outside ``zero.Init`` (a value head) get the working ``dtype``: ZeRO-3 flattens one dtype."""
     for item in models:
         module = item[0] if isinstance(item, tuple) else item
         for name, param in module.named_parameters() if module is not None else ():
@@ -277,6 +284,8 @@ def _check_no_partitioned_copies(models: tuple) -> None:
                                  "model_init_context are partitioned and copy.deepcopy cannot copy them; build the "
                                  "reference / reward model with its constructor (e.g. Actor(pretrained=...)), or "
                                  "pass zero_init=False to build whole models and partition them in prepare")
+            if not hasattr(param, "ds_id"):
+                param.data = param.data.to(dtype)
 
 
 def _checkpoint_classes():

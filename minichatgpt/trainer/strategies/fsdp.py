@@ -17,12 +17,10 @@ from torch.utils.data import DataLoader, Dataset
 
 from ...extras import MissingDependency
 from .base import Strategy
+from .precision import LossScaling, as_dtype, precision_name
 from .utils import (broadcast_module, check_sharded_save, default_device, distributed_dataloader, join_process_group,
                     load_object, load_state_dict, prepare_models, rank_path, save_object, save_state_dict, set_seed,
                     should_write)
-
-_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
 
 @dataclass
 class FSDPOptions:
@@ -32,6 +30,10 @@ class FSDPOptions:
         backend: process-group backend; default NCCL on GPUs, gloo on the CPU.
         timeout_s: how long a collective waits for the other ranks before failing.
         cpu_offload: keep the sharded parameters, gradients and optimizer step on the CPU.
+        precision: ``"fp32"``, ``"bf16"`` or ``"fp16"``: the users' switch, read as ``param_dtype=precision``
+            with gradients reduced in float32 (``MixedPrecisionPolicy(param_dtype, reduce_dtype=float32)``);
+            fp16 also scales the loss (``ShardedGradScaler``). ``param_dtype``/``reduce_dtype`` set the
+            policy directly instead.
         param_dtype: ``"bf16"``/``"fp16"`` (or a torch dtype) to compute in lower precision; the sharded
             parameters and optimizer state stay float32.
         reduce_dtype: dtype of the gradient reduce-scatter (default: ``param_dtype``).
@@ -42,9 +44,16 @@ class FSDPOptions:
     backend: Optional[str] = None
     timeout_s: float = 1800.0
     cpu_offload: bool = False
+    precision: Optional[str] = None
     param_dtype: Union[str, torch.dtype, None] = None
     reduce_dtype: Union[str, torch.dtype, None] = None
     reshard_after_forward: bool = True
+
+    def __post_init__(self):
+        if self.precision is not None and self.param_dtype is None:
+            self.param_dtype = self.precision
+            self.reduce_dtype = self.reduce_dtype or "fp32"
+        self.precision = precision_name(self.param_dtype or "fp32")
 
 
 def fsdp2():
@@ -61,10 +70,6 @@ def _dtensor():
     from torch.distributed.tensor import DTensor  # public from torch 2.5; only reached once fsdp2() passed
 
     return DTensor
-
-
-def _as_dtype(dtype: Union[str, torch.dtype, None]) -> Optional[torch.dtype]:
-    return _DTYPES[dtype] if isinstance(dtype, str) else dtype
 
 
 def transformer_blocks(model: nn.Module) -> List[nn.Module]:
@@ -97,11 +102,16 @@ class FSDPStrategy(Strategy):
         self.options = FSDPOptions(**options)
         self.seed = seed
         self._device = default_device()
+        self.scaling = LossScaling(self.options.precision, self._device.type, sharded=True)
         self.setup_distributed()
 
     @property
     def device(self) -> torch.device:
         return self._device
+
+    @property
+    def precision(self) -> str:
+        return self.options.precision
 
     def setup_distributed(self) -> None:
         join_process_group(self._device, self.options.backend, self.options.timeout_s)
@@ -114,8 +124,8 @@ class FSDPStrategy(Strategy):
         opts, fsdp = self.options, fsdp2()
         model = model.to(self.device)
         broadcast_module(model)
-        kwargs = {"mp_policy": fsdp.MixedPrecisionPolicy(
-            param_dtype=_as_dtype(opts.param_dtype), reduce_dtype=_as_dtype(opts.reduce_dtype or opts.param_dtype))}
+        kwargs = {"mp_policy": fsdp.MixedPrecisionPolicy(param_dtype=as_dtype(opts.param_dtype),
+                                                         reduce_dtype=as_dtype(opts.reduce_dtype or opts.param_dtype))}
         if opts.cpu_offload:
             kwargs["offload_policy"] = fsdp.CPUOffloadPolicy(pin_memory=self.device.type == "cuda")
         for block in transformer_blocks(model):
@@ -145,15 +155,18 @@ class FSDPStrategy(Strategy):
         return prepare_models(models, shard_trained, self._shard)
 
     def backward(self, loss: torch.Tensor, model: nn.Module, optimizer: Optimizer) -> None:
-        loss.backward()
+        self.scaling.backward(loss, optimizer)
 
     def clip_grad_norm(self, model: nn.Module, optimizer: Optimizer, max_norm: float) -> torch.Tensor:
+        self.scaling.unscale(optimizer)
         norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
         return norm.full_tensor() if isinstance(norm, _dtensor()) else norm
 
     def optimizer_step(self, optimizer: Optimizer, model: nn.Module) -> None:
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        self.scaling.step(optimizer)
+
+    def zero_grad(self, optimizer: Optimizer, model: nn.Module) -> None:
+        self.scaling.skip(optimizer)
 
     def setup_dataloader(self, dataset: Dataset, batch_size: int, shuffle: bool = True,
                          collate_fn: Optional[Callable] = None, drop_last: bool = False,

@@ -1,7 +1,7 @@
 """Plain PyTorch on one device (CPU or one GPU)."""
 
 from contextlib import nullcontext
-from typing import Callable, Optional
+from typing import Callable, Dict, Optional
 
 import torch
 import torch.nn as nn
@@ -9,6 +9,8 @@ from torch.optim import Optimizer
 from torch.utils.data import DataLoader, Dataset
 
 from .base import Strategy
+from .mixed import MixedPrecision
+from .precision import load_with_scaler, save_with_scaler
 from .utils import EpochSampler, load_object, load_state_dict, save_object, save_state_dict
 
 
@@ -17,10 +19,14 @@ class NaiveStrategy(Strategy):
 
     Args:
         device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``...; default: CUDA when available, else CPU.
+        precision: ``"fp32"``, ``"bf16"`` (bf16 weights, float32 masters and optimizer state) or ``"fp16"``
+            (autocast over float32 weights, loss scaling); see ``strategies.mixed``.
     """
 
-    def __init__(self, device: Optional[str] = None):
+    def __init__(self, device: Optional[str] = None, precision: str = "fp32"):
         self._device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.mixed = MixedPrecision(precision, self._device)
+        self.precision = self.mixed.precision
         self.setup_distributed()
 
     @property
@@ -39,22 +45,24 @@ class NaiveStrategy(Strategy):
         for item in models:
             if isinstance(item, tuple):
                 model, optim = item
-                prepared.append((model.to(self.device), optim))
+                prepared.append((self.mixed.prepare_trained(model, optim), optim))
             elif item is None:
                 prepared.append(None)
             else:
-                prepared.append(item.to(self.device))
+                prepared.append(self.mixed.prepare_frozen(item))
         return prepared[0] if len(prepared) == 1 else prepared
 
     def backward(self, loss: torch.Tensor, model: nn.Module, optimizer: Optimizer) -> None:
-        loss.backward()
+        self.mixed.backward(loss, optimizer)
 
     def clip_grad_norm(self, model: nn.Module, optimizer: Optimizer, max_norm: float) -> torch.Tensor:
-        return torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+        return torch.nn.utils.clip_grad_norm_(self.mixed.trained_parameters(model, optimizer), max_norm)
 
     def optimizer_step(self, optimizer: Optimizer, model: nn.Module) -> None:
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        self.mixed.step(optimizer)
+
+    def zero_grad(self, optimizer: Optimizer, model: nn.Module) -> None:
+        self.mixed.skip(optimizer)
 
     def setup_dataloader(self, dataset: Dataset, batch_size: int, shuffle: bool = True,
                          collate_fn: Optional[Callable] = None, drop_last: bool = False,
@@ -68,14 +76,17 @@ class NaiveStrategy(Strategy):
     def gathered_params(self, model: nn.Module):
         return nullcontext()
 
+    def full_state_dict(self, model: nn.Module) -> Dict[str, torch.Tensor]:
+        return self.mixed.state_dict(self.unwrap_model(model))  # float32 masters of bf16 working weights
+
     def save_model(self, model: nn.Module, path: str, only_rank0: bool = True) -> None:
-        save_state_dict(self.unwrap_model(model).state_dict(), path)
+        save_state_dict(self.full_state_dict(model), path)
 
     def load_model(self, model: nn.Module, path: str, strict: bool = True) -> None:
-        self.unwrap_model(model).load_state_dict(load_state_dict(path), strict=strict)
+        self.mixed.load_state_dict(self.unwrap_model(model), load_state_dict(path), strict=strict)
 
     def save_optimizer(self, optimizer: Optimizer, path: str, only_rank0: bool = False) -> None:
-        save_object(optimizer.state_dict(), path)
+        save_object(save_with_scaler(optimizer, self.mixed.scaling), path)
 
     def load_optimizer(self, optimizer: Optimizer, path: str) -> None:
-        optimizer.load_state_dict(load_object(path))
+        load_with_scaler(optimizer, self.mixed.scaling, load_object(path))
