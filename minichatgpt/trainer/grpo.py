@@ -25,7 +25,7 @@ from ..functional_rl import AGGREGATIONS, ADVANTAGE_ESTIMATORS, aggregate_loss, 
     critic_free_advantages, kl_loss_term
 from .callbacks import Callback
 from .checkpoint import CheckpointManager
-from .guards import StopRequest, agree_flags
+from .guards import StopRequest, agree_flags, guarded_step
 from .strategies import Strategy
 from .utils import fresh_iterator, set_sampler_epoch, skip_batches, to_device
 
@@ -167,13 +167,8 @@ class GRPOTrainer:
             loss = loss + self.kl_coef * kl
             stats["kl_loss"] = kl.detach()
         self.strategy.backward(loss, self.actor, self.optim)
-        grad_norm = self.strategy.clip_grad_norm(self.actor, self.optim, self.max_grad_norm) \
-            if self.max_grad_norm > 0 else torch.zeros(())
-        (skip,) = agree_flags([not bool(torch.isfinite(loss.detach()))], self.strategy)
-        if skip:
-            self.strategy.zero_grad(self.optim, self.actor)
-        else:
-            self.strategy.optimizer_step(self.optim, self.actor)
+        grad_norm, _, _ = guarded_step(self.strategy, self.actor, self.optim, self.max_grad_norm,
+                                       torch.isfinite(loss.detach()))
         with torch.no_grad():
             ratio = (log_probs - exp.log_probs).exp()
             clipped = ((ratio - 1).abs() > self.clip_eps).float()
