@@ -2,6 +2,7 @@
 
     OMP_NUM_THREADS=1 python benchmarks/compare_generate.py                # a few minutes on 1 thread
     OMP_NUM_THREADS=1 python benchmarks/compare_generate.py --steps 1 --repeats 1 --warmup 0 --data demo --seq_len 6
+    OMP_NUM_THREADS=1 python benchmarks/compare_generate.py --modes group --seq_len 256 --max_new_tokens 64  # README
 
 One randomly initialized GPT-2 (loaded once, eval mode, float32) continues the same ``--batch_size``
 prompts of exactly ``--seq_len`` tokens (hh-rlhf prompts from ``../shared/data`` with the GPT-2 tokenizer,
@@ -16,15 +17,19 @@ Rows per mode:
   ``log_softmax`` of the stacked raw logits gathered at the generated tokens: the same outputs as
   minichatgpt's rollout, the way one gets them from ``transformers``.
 
-Tokens/s counts generated tokens (up to and including EOS; a random model rarely emits it, so normally
-``steps * batch_size * max_new_tokens``). Greedy decoding is deterministic, so the script also checks that
-minichatgpt and HF produced the same tokens; sampling draws from the same seeded generator on every side,
-so the sampled tokens (and the work) are the same too. See ``compare_common.py`` for the shared rules.
+Modes ``eos`` (plain PPO-style rollouts) and ``group`` (``--group_size`` samples per prompt: minichatgpt's
+``num_samples``, which runs each prompt once and repeats its KV cache, against HF's
+``num_return_sequences``, which runs it G times) sample with an EOS list, the EOS id plus a seeded random
+``--eos_share`` of the vocabulary: a random model samples close to uniformly, so rows end at geometric,
+spread-out lengths (mean ``1 / eos_share``), on both sides alike.
 
-What still differs: HF's prefill asks the model for the last prompt position's logits only
-(``logits_to_keep=1``); minichatgpt's ``generate`` (at the time of writing) lets the prefill compute
-logits at every prompt position, (B, P, V) work that it throws away. HF's loop also runs its
-logits-processor and stopping-criteria machinery on every step.
+Tokens/s counts generated tokens (up to and including EOS). Greedy decoding is deterministic, so the script
+also checks that minichatgpt and HF produced the same tokens. Sampling draws from the same seeded generator
+on every side, but minichatgpt draws for the running rows only (finished rows leave its batch), so the
+sampled tokens, and with an EOS list the number of tokens, differ between the sides.
+
+What still differs: HF's loop runs its logits-processor and stopping-criteria machinery on every step, and
+keeps computing finished rows (padding them) until every row has ended.
 """
 
 import argparse
@@ -39,26 +44,42 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from compare_common import (Side, Stopwatch, add_common_arguments, alternate, build_tokenizer,  # noqa: E402
                             model_description, prompt_examples, ratios, report, resolve_data, save_models, set_threads)
 
-MODES = ("greedy", "sample")
+MODES = ("greedy", "sample", "eos", "group")
 
 
-def response_tokens(sequences: torch.Tensor, prompt_len: int, eos_token_id: int, pad_token_id: int) -> torch.Tensor:
+def response_tokens(sequences: torch.Tensor, prompt_len: int, eos_ids, pad_token_id: int) -> torch.Tensor:
     """(B,) generated tokens per row up to and including the first EOS (pad after it on both sides)."""
     response = sequences[:, prompt_len:]
-    is_eos = (response == eos_token_id).long()
+    is_eos = torch.isin(response, torch.as_tensor(eos_ids, device=response.device)).long()
     after_eos = (is_eos.cumsum(-1) - is_eos) > 0  # positions after the first EOS
     return ((response != pad_token_id) & ~after_eos).sum(-1)
 
 
-def build_sides(args, model, prompts: torch.Tensor, eos_token_id: int, pad_token_id: int, mode: str, outputs: dict):
-    """The three sides of one decoding mode; ``outputs[name]`` keeps the last sequences for the greedy check."""
+def spread_eos_ids(vocab_size: int, eos_token_id: int, pad_token_id: int, share: float, seed: int) -> List[int]:
+    """The EOS id plus a seeded random ``share`` of the vocabulary, all treated as EOS on every side.
+
+    A randomly initialized model samples close to uniformly over its vocabulary, so each sampled token
+    ends its row with probability about ``share``: response lengths are geometric (mean ``1 / share``),
+    spread out across rows as real answers are, and the same distribution for both sides."""
+    order = torch.randperm(vocab_size, generator=torch.Generator().manual_seed(seed)).tolist()
+    extra = [i for i in order if i not in (eos_token_id, pad_token_id)][:int(share * vocab_size)]
+    return [eos_token_id] + extra
+
+
+def build_sides(args, model, prompts: torch.Tensor, eos_ids, pad_token_id: int, mode: str, outputs: dict):
+    """The sides of one decoding mode; ``outputs[name]`` keeps the last sequences for the greedy check.
+
+    ``eos`` and ``group`` sample with ``eos_ids`` (a list); ``group`` draws ``--group_size`` samples per
+    prompt (minichatgpt: ``num_samples``, HF: ``num_return_sequences``)."""
     from minichatgpt.nn.generation import generate
 
-    do_sample = mode == "sample"
+    do_sample = mode != "greedy"
+    G = args.group_size if mode == "group" else 1
+    eos = eos_ids if mode in ("eos", "group") else eos_ids[0]
     attention_mask = torch.ones_like(prompts)
     sampling = dict(do_sample=True, temperature=1.0, top_k=0, top_p=1.0) if do_sample else dict(do_sample=False)
-    hf_kwargs = dict(max_new_tokens=args.max_new_tokens, eos_token_id=eos_token_id, pad_token_id=pad_token_id,
-                     use_cache=True, **sampling)
+    hf_kwargs = dict(max_new_tokens=args.max_new_tokens, eos_token_id=eos, pad_token_id=pad_token_id,
+                     use_cache=True, num_return_sequences=G, **sampling)
 
     def timed(name, call):
         def run():
@@ -67,13 +88,13 @@ def build_sides(args, model, prompts: torch.Tensor, eos_token_id: int, pad_token
             with Stopwatch(args.device) as watch:
                 for _ in range(args.steps):
                     sequences = call()
-                    tokens += int(response_tokens(sequences, prompts.size(1), eos_token_id, pad_token_id).sum())
+                    tokens += int(response_tokens(sequences, prompts.size(1), eos, pad_token_id).sum())
             outputs[name] = sequences
             return watch.timing(tokens)
         return Side(name, run)
 
     def ours():
-        rollout = generate(model, prompts, attention_mask, args.max_new_tokens, eos_token_id, pad_token_id,
+        rollout = generate(model, prompts, attention_mask, args.max_new_tokens, eos, pad_token_id, num_samples=G,
                            **sampling)
         return rollout.sequences
 
@@ -91,8 +112,8 @@ def build_sides(args, model, prompts: torch.Tensor, eos_token_id: int, pad_token
         log_probs.sum()  # used, as the rollout's are
         return out.sequences
 
-    return [timed(f"minichatgpt generate [{mode}]", ours), timed(f"HF generate [{mode}]", hf),
-            timed(f"HF generate + logprobs [{mode}]", hf_logprobs)]
+    sides = [timed(f"minichatgpt generate [{mode}]", ours), timed(f"HF generate [{mode}]", hf)]
+    return sides if mode == "group" else sides + [timed(f"HF generate + logprobs [{mode}]", hf_logprobs)]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -100,6 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_common_arguments(parser, steps=4, batch_size=8, seq_len=64, lr=0.0)
     parser.add_argument("--max_new_tokens", type=int, default=32)
     parser.add_argument("--modes", default="greedy,sample", help=f"comma-separated, from {MODES}")
+    parser.add_argument("--group_size", type=int, default=8, help="samples per prompt in the group mode")
+    parser.add_argument("--eos_share", type=float, default=1 / 32,
+                        help="share of the vocabulary that ends a row in the eos and group modes")
     return parser
 
 
@@ -117,13 +141,14 @@ def main(argv: Optional[List[str]] = None) -> dict:
     tokenizer = build_tokenizer(data)
     prompts = prompt_examples(tokenizer, data, args.seq_len, args.batch_size).to(args.device)
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    eos_ids = spread_eos_ids(len(tokenizer), eos, pad, args.eos_share, args.seed)
     with tempfile.TemporaryDirectory(prefix="compare_generate_") as tmp:
         dirs = save_models(tokenizer, tmp, args.n_layer, args.n_embd, args.n_head,
                            max(1024, args.seq_len + args.max_new_tokens), args.seed)
         model = AutoModelForCausalLM.from_pretrained(dirs.lm, dtype=torch.float32).to(args.device).eval()
     outputs, sides, pairs = {}, [], []
     for mode in modes:
-        mode_sides = build_sides(args, model, prompts, eos, pad, mode, outputs)
+        mode_sides = build_sides(args, model, prompts, eos_ids, pad, mode, outputs)
         mode_sides = mode_sides[:1] if args.no_peer else mode_sides
         sides += mode_sides
         pairs += [(mode_sides[0].name, side.name) for side in mode_sides[1:]]

@@ -37,6 +37,14 @@ def tiny_config(family: str, vocab_size: int = 77) -> dict:
     }[family]
 
 
+def pad_left(prompts, pad_id: int = 0):
+    """(B, P) ids and attention mask of token-id lists left-padded to the longest."""
+    width = max(map(len, prompts))
+    ids = torch.tensor([[pad_id] * (width - len(p)) + list(p) for p in prompts])
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+    return ids, mask
+
+
 @pytest.fixture(scope="session")
 def word_tokenizer():
     return build_word_tokenizer()

@@ -88,15 +88,75 @@ def _all_finished(finished: torch.Tensor, synced: bool) -> bool:
     return bool(done)
 
 
+def select_cache_rows(cache, index: torch.Tensor):
+    """Keep the rows ``index`` of a KV cache's batch dimension: a ``transformers`` ``Cache`` (in place,
+    ``batch_select_indices``) or the legacy tuple of per-layer (key, value) tuples."""
+    if hasattr(cache, "batch_select_indices"):
+        cache.batch_select_indices(index)
+        return cache
+    return tuple(tuple(t.index_select(0, index) for t in layer) for layer in cache)
+
+
+def repeat_cache_rows(cache, repeats: int):
+    """Each row of a KV cache ``repeats`` times, copies adjacent (``repeat_interleave`` on the batch dim)."""
+    if hasattr(cache, "batch_repeat_interleave"):
+        cache.batch_repeat_interleave(repeats)
+        return cache
+    return tuple(tuple(t.repeat_interleave(repeats, 0) for t in layer) for layer in cache)
+
+
+def _surviving(live: torch.Tensor, finished: torch.Tensor, keep_one: bool) -> Optional[torch.Tensor]:
+    """Positions in ``live`` of the rows still running, or None when all are (nothing to drop). With
+    ``keep_one`` a finished row stays when none is running, so that this rank keeps running forwards."""
+    running = (~finished[live]).nonzero().squeeze(1)  # (L',) positions within the live rows
+    if running.numel() == live.numel():
+        return None
+    if running.numel() == 0 and keep_one:
+        return None if live.numel() == 1 else running.new_zeros(1)
+    return running
+
+
+def _prefill(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, num_samples: int,
+             keep: dict, use_position_ids: bool, cache_name: str):
+    """One forward over the prompts; with ``num_samples`` G > 1 its last logits, KV cache, ids and masks
+    are repeated G times (copies adjacent) instead of running each prompt G times.
+    Returns (B * G, V) float logits, the cache, ids, mask and (B * G, 1) next positions."""
+    attention_mask = attention_mask.long()
+    position_ids = position_ids_from_mask(attention_mask)
+    kwargs = {"position_ids": position_ids} if use_position_ids else {}
+    out = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=True, **keep, **kwargs)
+    logits, cache = out.logits[:, -1].float(), getattr(out, cache_name)  # (B, V)
+    if num_samples > 1:
+        input_ids, attention_mask, position_ids, logits = (
+            t.repeat_interleave(num_samples, 0) for t in (input_ids, attention_mask, position_ids, logits))
+        cache = repeat_cache_rows(cache, num_samples)
+    return logits, cache, input_ids, attention_mask, position_ids[:, -1:] + 1
+
+
+def _rollout(input_ids: torch.Tensor, attention_mask: torch.Tensor, tokens: list, masks: list,
+             log_probs: list) -> Rollout:
+    """The Rollout from the prompts, the (B, P + A) running mask and the per-step (B,) lists."""
+    action_mask = torch.stack(masks, dim=1)  # (B, A)
+    return Rollout(
+        sequences=torch.cat([input_ids, torch.stack(tokens, dim=1)], dim=1),
+        attention_mask=torch.cat([attention_mask[:, :input_ids.size(1)], action_mask], dim=1),
+        action_mask=action_mask,
+        log_probs=torch.stack(log_probs, dim=1) * action_mask,
+    )
+
+
 @torch.no_grad()
 def generate(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int,
              eos_token_id: Union[int, Sequence[int]], pad_token_id: int, do_sample: bool = True,
              temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, generator: Optional[torch.Generator] = None,
-             synced: bool = False) -> Rollout:
+             synced: bool = False, num_samples: int = 1) -> Rollout:
     """Sample up to ``max_new_tokens`` tokens per row from a causal LM, reusing the KV cache.
 
     Rows end at their first ``eos_token_id`` (an id, or several); generation stops once all have. The
     returned log-probs are those of the raw policy (temperature 1, no truncation), as PPO's ratio needs.
+    A finished row leaves the running batch (its KV-cache rows too): later steps compute only the rows
+    still running. Greedy results do not depend on this; when sampling, ``torch.multinomial`` draws for
+    the running rows only, so a seeded ``generator`` gives other draws than a loop keeping every row.
 
     Args:
         model: a Hugging Face causal LM (or a peft model around one).
@@ -105,46 +165,43 @@ def generate(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Te
         temperature, top_k, top_p: sampling controls (``do_sample=False`` is greedy).
         synced: stop early only once every rank of the process group has finished, so that ranks
             whose forwards issue collectives (sharded parameters that are not gathered) run the same
-            number of steps.
+            number of steps; a rank whose rows have all finished keeps one (ignored) row running.
+        num_samples: G responses per prompt. The prompt runs once and its KV cache is repeated G times;
+            the Rollout has B * G rows, the G samples of a prompt adjacent (``repeat_interleave`` order).
     """
     was_training = model.training
     model.eval()
     use_position_ids = accepts_position_ids(model)
     cache_name = cache_argument(model)
-
     # Only the last position's logits are sampled from: the prompt's (B, P, V) logits are never computed.
     keep = {"logits_to_keep": 1} if accepts_logits_to_keep(model) else {}
-
-    attention_mask = attention_mask.long()
-    position_ids = position_ids_from_mask(attention_mask)
-    kwargs = {"position_ids": position_ids} if use_position_ids else {}
-    out = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=True, **keep, **kwargs)
-    next_position = position_ids[:, -1:] + 1  # (B, 1)
-
-    finished = torch.zeros(input_ids.size(0), dtype=torch.bool, device=input_ids.device)
+    logits, cache, input_ids, attention_mask, next_position = _prefill(model, input_ids, attention_mask, num_samples,
+                                                                       keep, use_position_ids, cache_name)
+    eos = torch.as_tensor(eos_token_id, device=input_ids.device)
+    keep_one, B = synced and torch.distributed.is_initialized(), input_ids.size(0)
+    live = torch.arange(B, device=input_ids.device)  # rows of the batch in the running forward
+    finished = torch.zeros(B, dtype=torch.bool, device=input_ids.device)
     tokens, log_probs, masks = [], [], []
     for step in range(max_new_tokens):
-        logits = out.logits[:, -1].float()  # (B, V)
-        token = sample_tokens(logits, temperature, top_k, top_p, generator) if do_sample else logits.argmax(-1)
-        token = token.masked_fill(finished, pad_token_id)  # (B,)
+        live_token = sample_tokens(logits, temperature, top_k, top_p, generator) if do_sample else logits.argmax(-1)
+        live_token = live_token.masked_fill(finished[live], pad_token_id)  # (L,)
+        token = live_token.new_full((B,), pad_token_id).index_copy(0, live, live_token)  # (B,)
         tokens.append(token)
-        log_probs.append(log_probs_from_logits(logits, token))
+        log_probs.append(logits.new_zeros(B).index_copy(0, live, log_probs_from_logits(logits, live_token)))
         masks.append((~finished).long())
-        finished = finished | torch.isin(token, torch.as_tensor(eos_token_id, device=token.device))
+        finished = finished | torch.isin(token, eos)
+        attention_mask = torch.cat([attention_mask, masks[-1].unsqueeze(1)], dim=1)
         if _all_finished(finished, synced) or step == max_new_tokens - 1:  # no forward for an unused token
             break
-        attention_mask = torch.cat([attention_mask, masks[-1].unsqueeze(1)], dim=1)
-        kwargs = {"position_ids": next_position} if use_position_ids else {}
-        kwargs[cache_name] = getattr(out, cache_name)
-        out = model(input_ids=token.unsqueeze(1), attention_mask=attention_mask, use_cache=True, **keep, **kwargs)
+        rows = _surviving(live, finished, keep_one)
+        if rows is not None:
+            live, live_token, cache = live[rows], live_token[rows], select_cache_rows(cache, rows)
+        kwargs = {"position_ids": next_position[live]} if use_position_ids else {}
+        kwargs[cache_name] = cache
+        out = model(input_ids=live_token.unsqueeze(1), attention_mask=attention_mask[live], use_cache=True,
+                    **keep, **kwargs)
+        logits, cache = out.logits[:, -1].float(), getattr(out, cache_name)
         next_position = next_position + 1
 
     model.train(was_training)
-    response = torch.stack(tokens, dim=1)  # (B, A)
-    action_mask = torch.stack(masks, dim=1)  # (B, A)
-    return Rollout(
-        sequences=torch.cat([input_ids, response], dim=1),
-        attention_mask=torch.cat([attention_mask[:, :input_ids.size(1)], action_mask], dim=1),
-        action_mask=action_mask,
-        log_probs=torch.stack(log_probs, dim=1) * action_mask,
-    )
+    return _rollout(input_ids, attention_mask, tokens, masks, log_probs)

@@ -134,13 +134,14 @@ class GRPOTrainer:
     def make_experience(self, batch: Dict) -> GroupExperience:
         """Sample G responses per prompt, score them, and compute the advantages."""
         tensors = to_device({k: v for k, v in batch.items() if isinstance(v, torch.Tensor)}, self.strategy.device)
-        input_ids = tensors["input_ids"].repeat_interleave(self.group_size, 0)  # (B, P): each prompt G times
-        attention_mask = tensors["attention_mask"].repeat_interleave(self.group_size, 0)
+        input_ids, attention_mask = tensors["input_ids"], tensors["attention_mask"]  # (B / G, P): each prompt once
         self.actor.eval()
         gather = self.strategy.gathers_for_generation
         synced = self.strategy.shards_parameters and self.strategy.world_size > 1 and not gather
         with self.strategy.gathered_params(self.actor) if gather else nullcontext():
+            # The prompt runs once, its KV cache repeated for the G samples (adjacent rows of the rollout).
             rollout = self.strategy.unwrap_model(self.actor).generate(input_ids, attention_mask, synced=synced,
+                                                                      num_samples=self.group_size,
                                                                       **self.generate_kwargs)
         mask = rollout.action_mask.float()
         scores = self.score(batch, rollout.sequences, rollout.attention_mask, mask)

@@ -75,6 +75,19 @@ def test_compare_generate(tmp_path, capsys):
     assert "greedy tokens identical between minichatgpt and HF generate: True" in out
 
 
+def test_compare_generate_groups_and_spread_eos(tmp_path, capsys):
+    out, record = run("compare_generate", ["--seq_len", "6", "--max_new_tokens", "6", "--modes", "eos,group",
+                                           "--group_size", "3", "--eos_share", "0.25"], tmp_path, capsys)
+    check_ratios(out, record, 3)  # eos: against HF generate and HF generate + logprobs; group: against HF generate
+    group = record["results"]["minichatgpt generate [group]"]["tokens"]
+    assert 0 < group < 3 * 2 * 6  # 2 prompts x 3 samples, most ending before the 6-token cap
+
+
+def test_spread_eos_ids_are_the_eos_id_and_a_share_of_the_vocabulary():
+    ids = load("compare_generate").spread_eos_ids(100, eos_token_id=7, pad_token_id=0, share=0.1, seed=1)
+    assert ids[0] == 7 and len(ids) == 11 and len(set(ids)) == 11 and 0 not in ids[1:] and max(ids) < 100
+
+
 def test_compare_ppo(tmp_path, capsys):
     compare_ppo = load("compare_ppo")
     python = compare_ppo.peer_python(None)

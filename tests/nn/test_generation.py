@@ -12,6 +12,8 @@ import torch
 from torch.testing import assert_close
 from transformers import AutoModelForCausalLM
 
+from conftest import pad_left
+
 from minichatgpt.nn.generation import accepts_position_ids, generate, position_ids_from_mask
 
 PAD, EOS = 0, 2
@@ -20,10 +22,7 @@ MAX_NEW = 8
 
 
 def left_padded(prompts=PROMPTS):
-    width = max(map(len, prompts))
-    ids = torch.tensor([[PAD] * (width - len(p)) + p for p in prompts])
-    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
-    return ids, mask
+    return pad_left(prompts, PAD)
 
 
 def hf_model(tiny_model_dirs, family):
