@@ -32,7 +32,7 @@ from ..evaluation import (Contestant, LLMJudge, RewardModelJudge, SamplingSettin
 from ..nn import Actor, RewardModel, load_tokenizer
 from ..nn.loading import read_checkpoint_tensor
 from ..trainer.strategies.utils import set_seed
-from ..config import ConfigParser, UsageError, validate
+from ..config import ConfigParser, UsageError, dump_yaml, validate
 from ..log import get_logger, setup_logging
 from .configs import EvalConfig
 from .path_checks import check_model_source, check_output_dir
@@ -176,6 +176,7 @@ def run(args: EvalConfig) -> Dict:
     device = resolve_device(args.device)
     set_seed(args.seed)
     os.makedirs(args.output_dir, exist_ok=True)
+    dump_yaml(args, os.path.join(args.output_dir, "config.yaml"), "eval")  # reruns this evaluation alone
     results: Dict = {}
     if args.split:
         results["split"] = split_file(args.split, args.split_parts, args.output_dir, args.seed)

@@ -43,6 +43,10 @@ def test_eval_writes_json_markdown_and_png(eval_model_dirs, files, tmp_path):
     report = (out / "report.md").read_text()
     assert "| proxy | pairs.jsonl | b | 3 |" in report and "| ppo | sft | RM " in report
     assert (out / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    from minichatgpt.recipes.eval import build_parser
+
+    config = build_parser().parse_args(["--config", str(out / "config.yaml")])  # the written config reruns it
+    assert config.output_dir == str(out) and config.reward_model == [f"proxy={eval_model_dirs['rm']}"]
     samples = [json.loads(line) for line in (out / "win_rate_samples.jsonl").read_text().splitlines()]
     assert [s["prompt"] for s in samples] == [p["instruction"] for p in PROMPTS]
 
