@@ -69,6 +69,12 @@ def test_compare_rm(tmp_path, capsys):
     check_ratios(out, record, 1)
 
 
+@pytest.mark.skipif(not HAS_TRL, reason="trl is not installed (the DPO peer)")
+def test_compare_dpo(tmp_path, capsys):
+    out, record = run("compare_dpo", ["--seq_len", "10"], tmp_path, capsys)
+    check_ratios(out, record, 1)
+
+
 def test_compare_generate(tmp_path, capsys):
     out, record = run("compare_generate", ["--seq_len", "6", "--max_new_tokens", "4"], tmp_path, capsys)
     check_ratios(out, record, 4)  # against HF generate and HF generate + logprobs, greedy and sampling
