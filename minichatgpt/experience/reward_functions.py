@@ -15,6 +15,7 @@ import importlib.util
 import math
 import multiprocessing
 import os
+import signal
 from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
@@ -22,6 +23,13 @@ import torch
 RewardFn = Callable[..., List[float]]
 Columns = Dict[str, list]
 _LOADED: Dict[str, RewardFn] = {}  # spec -> function, per process (workers load each spec once)
+
+
+def _default_signals() -> None:
+    """In a forked worker: SIGTERM/SIGINT end the process again. The trainer's stop handler (``StopRequest``,
+    which only records a signal) is inherited through fork and would make ``Pool.terminate`` wait forever."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 class RewardFunctionError(RuntimeError):
@@ -129,7 +137,7 @@ class RewardFunctions:
         if self.workers == 0:
             return call_reward_function(spec, prompts, responses, columns)
         if self._pool is None:
-            self._pool = multiprocessing.get_context("fork").Pool(self.workers)
+            self._pool = multiprocessing.get_context("fork").Pool(self.workers, initializer=_default_signals)
         size = math.ceil(len(prompts) / self.workers)
         calls = [(start, self._pool.apply_async(call_reward_function, (
             spec, prompts[start:start + size], responses[start:start + size],
@@ -146,6 +154,7 @@ class RewardFunctions:
         return values
 
     def close(self) -> None:
+        """Kill the workers (SIGTERM, which ``_default_signals`` lets end them) and wait for them."""
         if self._pool is not None:
             self._pool.terminate()
             self._pool.join()

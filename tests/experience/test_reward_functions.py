@@ -105,3 +105,16 @@ def test_hanging_function_is_reported_and_killed(reward_file):
     with pytest.raises(RewardFunctionError, match=r"hangs did not return within --reward_timeout 0.5 s"):
         fns(PROMPTS, RESPONSES)
     assert time.monotonic() - start < 10 and fns._pool is None
+
+
+@pytest.mark.timeout(60)
+def test_workers_end_when_closed_during_a_training_run(reward_file):
+    """Workers forked inside ``fit`` (whose SIGTERM handler only records the signal) still end on ``close``.
+    (A full-suite run once hung in ``Pool.terminate`` here; this test does not reproduce that race.)"""
+    from minichatgpt.trainer.guards import StopRequest
+
+    with StopRequest():
+        fns = RewardFunctions([f"{reward_file}:length"], workers=2, timeout=30)
+        fns(["a", "b"], ["x", "yy"])
+        fns.close()
+    assert fns._pool is None
