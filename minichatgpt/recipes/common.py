@@ -91,6 +91,19 @@ def metrics_logger(args, stage: str, strategy: Strategy) -> Optional[MetricsLogg
     return MetricsLogger(path, stage, trackers=trackers) if path or trackers else None
 
 
+def load_prompts(args, tokenizer, stage: str, collator_cls, strategy: Strategy, demo_prompts: int):
+    """The prompts of ``--prompt_path`` (or ``demo_prompts`` of the built-in task's), reported, in a shuffled loader of
+    ``--experience_batch_size`` prompts (PPO and the GRPO family)."""
+    from ..data import PromptDataset
+
+    prompts = PromptDataset(args.prompt_path or demo.prompt_records(demo_prompts, seed=args.seed + 2), tokenizer,
+                            max_len=args.max_input_len, max_datasets_size=args.max_datasets_size,
+                            skip_invalid=args.skip_invalid_rows)
+    report_data(stage, "prompts", prompts, args.prompt_path or "the built-in task")
+    return strategy.setup_dataloader(prompts, args.experience_batch_size, shuffle=True,
+                                     collate_fn=collator_cls(tokenizer.pad_token_id), seed=args.seed)
+
+
 def report_data(stage: str, what: str, dataset, source: str, train=None, held_out=None) -> None:
     """Log how many records ``dataset`` read, dropped (and why) and uses (``train``/``held_out``: its split)."""
     dropped = {"invalid (--skip_invalid_rows)": getattr(dataset, "num_invalid_skipped", 0),

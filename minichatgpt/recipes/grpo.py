@@ -5,14 +5,14 @@ from typing import List, Optional
 
 import torch
 
-from .. import demo
 from ..config import ConfigParser
-from ..data import PromptDataset, RewardPromptCollator
+from ..data import RewardPromptCollator
 from ..nn import Actor, RewardModel
 from ..trainer.grpo import GRPOTrainer
 from ..trainer.utils import save_pretrained
 from .arguments import stage_parser
-from .common import Interrupted, build_tokenizer, checkpointing, metrics_logger, model_source, report_data, setup
+from .common import (Interrupted, build_tokenizer, checkpointing, load_prompts, metrics_logger, model_source,
+                     setup)
 from .configs_rl import GRPOConfig
 from .model_flags import model_options, save_dtype
 from .reward_config import build_reward_functions
@@ -46,12 +46,7 @@ def run(args: GRPOConfig) -> dict:
     tokenizer = build_tokenizer(args)
     with strategy.model_init_context():
         actor, reference, reward_model = build_models(args, tokenizer)
-    prompts = PromptDataset(args.prompt_path or demo.prompt_records(DEMO_PROMPTS, seed=args.seed + 2), tokenizer,
-                            max_len=args.max_input_len, max_datasets_size=args.max_datasets_size,
-                            skip_invalid=args.skip_invalid_rows)
-    report_data("grpo", "prompts", prompts, args.prompt_path or "the built-in task")
-    loader = strategy.setup_dataloader(prompts, args.experience_batch_size, shuffle=True,
-                                       collate_fn=RewardPromptCollator(tokenizer.pad_token_id), seed=args.seed)
+    loader = load_prompts(args, tokenizer, "grpo", RewardPromptCollator, strategy, DEMO_PROMPTS)
     optim = torch.optim.Adam([p for p in actor.parameters() if p.requires_grad], lr=args.actor_lr)
     (actor, optim), reward_model, reference = strategy.prepare((actor, optim), reward_model, reference)
     rewards = build_reward_functions(args)

@@ -11,8 +11,7 @@ from typing import List, Optional, Tuple
 
 import torch
 
-from .. import demo
-from ..data import PretrainDataset, PromptCollator, PromptDataset, SFTCollator
+from ..data import PretrainDataset, PromptCollator, SFTCollator
 from ..experience.reward_functions import RolloutScorer
 from ..nn import Actor, Critic, RewardModel, is_lora
 from ..trainer import PerformanceEvaluator, PPOTrainer
@@ -20,7 +19,7 @@ from ..config import ConfigParser, UsageError
 from ..trainer.utils import save_pretrained
 from .arguments import stage_parser
 from ..log import get_logger
-from .common import Interrupted, build_tokenizer, checkpointing, metrics_logger, report_data, setup
+from .common import Interrupted, build_tokenizer, checkpointing, load_prompts, metrics_logger, report_data, setup
 from .configs import PPOConfig
 from .model_flags import model_options, save_dtype
 from .path_checks import saves_state_dict
@@ -98,12 +97,7 @@ def run(args: PPOConfig) -> dict:
     with strategy.model_init_context():
         actor, critic, reward_model, reference = build_models(args)
     logger.info(reference_choice(args)[1])
-    prompts = PromptDataset(args.prompt_path or demo.prompt_records(DEMO_PROMPTS, seed=args.seed + 2), tokenizer,
-                            max_len=args.max_input_len, max_datasets_size=args.max_datasets_size,
-                            skip_invalid=args.skip_invalid_rows)
-    report_data("ppo", "prompts", prompts, args.prompt_path or "the built-in task")
-    prompt_loader = strategy.setup_dataloader(prompts, args.experience_batch_size, shuffle=True,
-                                              collate_fn=PromptCollator(tokenizer.pad_token_id), seed=args.seed)
+    prompt_loader = load_prompts(args, tokenizer, "ppo", PromptCollator, strategy, DEMO_PROMPTS)
     pretrain_loader = None
     if args.pretrain_dataset:
         ptx = PretrainDataset(args.pretrain_dataset, tokenizer, max_len=args.max_len,
