@@ -5,9 +5,11 @@
 #     -> SFT with LoRA on Alpaca (../shared/data/alpaca_en_demo.json)
 #     -> proxy reward model from the SFT model, on one part of the preference pairs
 #     -> PPO from the SFT model against the proxy reward model
+#     -> DPO from the SFT model on the proxy part's pairs (no reward model; reference = adapters off)
+#     -> GRPO from the SFT model against the proxy reward model (4 samples per prompt, no critic)
 #   gold reward model, from the base model, on a different and larger part of the pairs (never seen by PPO)
-#   then: proxy and gold RM accuracy on held-out pairs; PPO's win rate against SFT by the gold RM on
-#   held-out prompts, with KL to SFT and response lengths; perplexity on C4 text.
+#   then: proxy and gold RM accuracy on held-out pairs; the win rate of each policy (PPO, DPO, GRPO) against SFT
+#   by the gold RM on held-out prompts, with KL to SFT and response lengths; perplexity on C4 text.
 #
 # The pairs (instruction_data_with_preference.json) are cut into disjoint parts by prompt with
 # `minichatgpt eval --split` (tested in tests/evaluation/test_split.py): proxy, gold, heldout.
@@ -15,7 +17,8 @@
 # usage: benchmarks/real_model_recipe.sh [--smoke] [--out DIR]
 #   --smoke   seconds-size stages (a handful of records and steps): checks that the recipe runs end to end
 #   --out     output directory (default outputs/real_model_recipe, or outputs/real_model_recipe_smoke)
-# Environment: SHARED (default ../shared, relative to the repository root), PYTHON (default python).
+# Environment: SHARED (default ../shared, relative to the repository root), PYTHON (default python),
+#   PRECISION (default bf16: every training stage computes in bf16 with float32 masters, about 2x faster here).
 # Writes OUT/stages.tsv (wall time and peak resident memory of each stage) and OUT/eval/{results.json,
 # report.md, report.png}. The full size is meant to take about an hour on 2 CPU cores.
 set -euo pipefail
@@ -27,13 +30,14 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --smoke) SMOKE=1; shift ;;
     --out) OUT="$2"; shift 2 ;;
-    -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
     *) echo "real_model_recipe.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
 
 SHARED=${SHARED:-../shared}
 PYTHON=${PYTHON:-python}
+PRECISION=${PRECISION:-bf16}
 MODEL="$SHARED/models/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf"
 SFT_DATA="$SHARED/data/alpaca_en_demo.json"
 PAIRS="$SHARED/data/instruction_data_with_preference.json"
@@ -47,13 +51,17 @@ if [ "$SMOKE" = 1 ]; then
   PARTS="proxy=8,gold=8,heldout=4"
   SFT_SIZE=8; MAX_LEN=64; LORA=4; LOG=1
   PPO_SIZE="--num_episodes 1 --max_timesteps 1 --update_timesteps 1 --experience_batch_size 2 --train_batch_size 2 --max_epochs 1"
+  DPO_SIZE=8
+  GRPO_SIZE="--num_episodes 1 --max_datasets_size 2 --experience_batch_size 2 --train_batch_size 4 --num_samples_per_prompt 2"
   NEW_TOKENS=8; EVAL_PROMPTS=4; DOCS=2; BATCH=4
 else
   OUT=${OUT:-outputs/real_model_recipe}
   PARTS="proxy=300,gold=600,heldout=200"
   SFT_SIZE=320; MAX_LEN=192; LORA=16; LOG=5
   PPO_SIZE="--num_episodes 8 --max_timesteps 2 --update_timesteps 2 --experience_batch_size 8 --train_batch_size 8 --max_epochs 2"
-  NEW_TOKENS=48; EVAL_PROMPTS=100; DOCS=50; BATCH=8
+  DPO_SIZE=300
+  GRPO_SIZE="--num_episodes 1 --max_datasets_size 64 --experience_batch_size 4 --train_batch_size 8 --num_samples_per_prompt 4"
+  NEW_TOKENS=48; EVAL_PROMPTS=100; DOCS=20; BATCH=8
 fi
 mkdir -p "$OUT"
 STAGES="$OUT/stages.tsv"
@@ -77,37 +85,46 @@ stage() {
 
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 MCG=("$PYTHON" -m minichatgpt.cli)
+P=(--precision "$PRECISION")
 
 # 0. disjoint parts of the pairs, by prompt
 stage split "${MCG[@]}" eval --split "$PAIRS" --split_parts "$PARTS" --seed 0 --output_dir "$OUT/data"
 
 # 1. SFT (LoRA) from the instruct model
-stage sft "${MCG[@]}" sft --pretrain "$MODEL" --dataset "$SFT_DATA" --max_datasets_size "$SFT_SIZE" \
+stage sft "${MCG[@]}" sft "${P[@]}" --pretrain "$MODEL" --dataset "$SFT_DATA" --max_datasets_size "$SFT_SIZE" \
   --lora_rank "$LORA" --max_len "$MAX_LEN" --batch_size 8 --lr 2e-4 --max_epochs 1 --eval_ratio 0.05 \
   --log_interval "$LOG" --save_path "$OUT/sft"
 
 # 2. proxy reward model, from the SFT model, on the proxy part
-stage rm_proxy "${MCG[@]}" rm --pretrain "$OUT/sft" --dataset "$OUT/data/proxy.jsonl" --lora_rank "$LORA" \
+stage rm_proxy "${MCG[@]}" rm "${P[@]}" --pretrain "$OUT/sft" --dataset "$OUT/data/proxy.jsonl" --lora_rank "$LORA" \
   --max_len "$MAX_LEN" --batch_size 8 --lr 2e-4 --max_epochs 1 --eval_ratio 0.1 --log_interval "$LOG" \
   --save_path "$OUT/rm_proxy"
 
 # 3. gold reward model, from the base model, on the larger gold part (the policy is never trained on it)
-stage rm_gold "${MCG[@]}" rm --pretrain "$MODEL" --dataset "$OUT/data/gold.jsonl" --lora_rank "$LORA" \
+stage rm_gold "${MCG[@]}" rm "${P[@]}" --pretrain "$MODEL" --dataset "$OUT/data/gold.jsonl" --lora_rank "$LORA" \
   --max_len "$MAX_LEN" --batch_size 8 --lr 2e-4 --max_epochs 1 --eval_ratio 0.1 --log_interval "$LOG" \
   --save_path "$OUT/rm_gold"
 
 # 4. PPO from the SFT model against the proxy reward model, on the proxy part's prompts
 # shellcheck disable=SC2086
-stage ppo "${MCG[@]}" ppo --pretrain "$OUT/sft" --rm_pretrain "$OUT/rm_proxy" --prompt_path "$OUT/data/proxy.jsonl" \
+stage ppo "${MCG[@]}" ppo "${P[@]}" --pretrain "$OUT/sft" --rm_pretrain "$OUT/rm_proxy" --prompt_path "$OUT/data/proxy.jsonl" \
   --lora_rank "$LORA" $PPO_SIZE --max_input_len 96 --max_new_tokens "$NEW_TOKENS" --actor_lr 5e-5 \
   --critic_lr 1e-4 --kl_coef 0.05 --ptx_coef 0 --log_interval 1 --save_path "$OUT/ppo"
 
-# 5. DPO and GRPO from the same SFT model: NOT BUILT YET.
-#    When those stages exist, train them here (on $OUT/data/proxy.jsonl) into $OUT/dpo and $OUT/grpo and add
-#    "dpo=$OUT/dpo grpo=$OUT/grpo" to --policy below.
-POLICIES=("ppo=$OUT/ppo")
+# 5. DPO from the same SFT model on the proxy part's pairs (the reference is the SFT model: adapters off)
+stage dpo "${MCG[@]}" dpo "${P[@]}" --pretrain "$OUT/sft" --dataset "$OUT/data/proxy.jsonl" \
+  --max_datasets_size "$DPO_SIZE" --lora_rank "$LORA" --max_len "$MAX_LEN" --batch_size 4 --accumulation_steps 2 \
+  --lr 5e-5 --beta 0.1 --loss_type sigmoid --max_epochs 1 --eval_ratio 0.05 --log_interval "$LOG" \
+  --save_path "$OUT/dpo"
 
-# 6. evaluation: RM accuracy on held-out pairs; each policy against SFT by the gold RM; perplexity
+# 6. GRPO from the same SFT model against the proxy reward model, on the proxy part's prompts (no critic)
+# shellcheck disable=SC2086
+stage grpo "${MCG[@]}" grpo "${P[@]}" --pretrain "$OUT/sft" --rm_pretrain "$OUT/rm_proxy" \
+  --prompt_path "$OUT/data/proxy.jsonl" --algo grpo --lora_rank "$LORA" $GRPO_SIZE --max_input_len 96 \
+  --max_new_tokens "$NEW_TOKENS" --actor_lr 5e-5 --kl_coef 0.05 --log_interval 1 --save_path "$OUT/grpo"
+POLICIES=("ppo=$OUT/ppo" "dpo=$OUT/dpo" "grpo=$OUT/grpo")
+
+# 7. evaluation: RM accuracy on held-out pairs; each policy against SFT by the gold RM; perplexity
 stage eval "${MCG[@]}" eval --output_dir "$OUT/eval" \
   --reward_model "proxy=$OUT/rm_proxy" "gold=$OUT/rm_gold" --pairs "$OUT/data/heldout.jsonl" \
   --policy "${POLICIES[@]}" --baseline "sft=$OUT/sft" --prompts "$OUT/data/heldout.jsonl" \

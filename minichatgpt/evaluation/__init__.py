@@ -13,11 +13,12 @@ from minichatgpt.evaluation.sampling import Samples, SamplingSettings, sample_re
 from minichatgpt.evaluation.split import parse_parts, split_file, split_rows
 from minichatgpt.evaluation.stats import (fit_logistic, length_controlled_win_rate, length_feature, wilson_interval,
                                           win_rate_summary)
-from minichatgpt.evaluation.win_rate import Contestant, compare_policies, judge_samples
+from minichatgpt.evaluation.win_rate import Contestant, compare_policies, judge_samples, sample_baseline
 
 __all__ = [
     "reward_model_accuracy", "accuracy_by_subset",
-    "Contestant", "compare_policies", "judge_samples", "Samples", "SamplingSettings", "sample_responses", "sequence_kl",
+    "Contestant", "compare_policies", "judge_samples", "sample_baseline",
+    "Samples", "SamplingSettings", "sample_responses", "sequence_kl",
     "RewardModelJudge", "LLMJudge", "Judgement", "JUDGE_TEMPLATE", "judge_both_orders", "outcomes_from_margins",
     "wilson_interval", "win_rate_summary", "length_controlled_win_rate", "length_feature", "fit_logistic",
     "perplexity", "sequence_nll", "split_file", "split_rows", "parse_parts",

@@ -48,8 +48,15 @@ def judge_samples(judge, conversations: List, policy: Samples, baseline: Samples
     return outcomes, judgement
 
 
+def sample_baseline(baseline: Contestant, settings: SamplingSettings, device: str = "cpu") -> Samples:
+    """The baseline's answer to every prompt (no KL: it is the reference of the comparison)."""
+    return sample_responses(baseline.actor, baseline.tokenizer, baseline.prompts, settings, None, device,
+                            desc="baseline answers")
+
+
 def compare_policies(policy: Contestant, baseline: Contestant, judge, settings: SamplingSettings,
-                     tie_threshold: float = 0.0, device: str = "cpu") -> Dict[str, object]:
+                     tie_threshold: float = 0.0, device: str = "cpu",
+                     baseline_samples: Optional[Samples] = None) -> Dict[str, object]:
     """Both policies answer every prompt with the same sampling settings and seed; ``judge`` picks.
 
     Returns the win/tie/loss rates of the policy (Wilson 95% intervals), the length-controlled win rate
@@ -57,6 +64,9 @@ def compare_policies(policy: Contestant, baseline: Contestant, judge, settings: 
     (tokens of each model's tokenizer, and characters), the judge's own statistics, and the mean
     per-response KL of the policy to the baseline on the policy's samples (summed k1; None when their
     tokenizers differ). ``records`` holds every prompt's responses, margin and outcome.
+
+    ``baseline_samples``: the baseline's answers from ``sample_baseline`` with the same settings, when several
+    policies meet one baseline (its answers depend only on the baseline and the settings, so they are drawn once).
     """
     if len(policy.prompts) != len(baseline.prompts):
         raise ValueError(f"the policy reads {len(policy.prompts)} prompts but the baseline "
@@ -64,8 +74,8 @@ def compare_policies(policy: Contestant, baseline: Contestant, judge, settings: 
     reference: Optional[Actor] = baseline.actor if same_vocabulary(policy.tokenizer, baseline.tokenizer) else None
     policy_samples = sample_responses(policy.actor, policy.tokenizer, policy.prompts, settings, reference, device,
                                       desc="policy answers")
-    baseline_samples = sample_responses(baseline.actor, baseline.tokenizer, baseline.prompts, settings, None, device,
-                                        desc="baseline answers")
+    if baseline_samples is None:
+        baseline_samples = sample_baseline(baseline, settings, device)
     conversations = policy.prompts.messages
     outcomes, judgement = judge_samples(judge, conversations, policy_samples, baseline_samples, tie_threshold)
     chars = [torch.tensor([len(t) for t in s.texts], dtype=torch.float64) for s in (policy_samples, baseline_samples)]

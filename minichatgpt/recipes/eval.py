@@ -28,7 +28,7 @@ import torch
 from ..data import PromptDataset
 from ..data.readers import looks_like_path
 from ..evaluation import (Contestant, LLMJudge, RewardModelJudge, SamplingSettings, compare_policies, parse_parts, perplexity,
-                          reward_model_accuracy, split_file, write_report)
+                          reward_model_accuracy, sample_baseline, split_file, write_report)
 from ..nn import Actor, RewardModel, load_tokenizer
 from ..nn.loading import read_checkpoint_tensor
 from ..trainer.strategies.utils import set_seed
@@ -147,13 +147,16 @@ def evaluate_policies(args: EvalConfig, device: str) -> List[Dict]:
                                 args.seed, args.batch_size)
     judge, judge_name = build_judge(args, device)
     baseline_name, baseline = contestant(args.baseline, args, device)
+    baseline_samples = sample_baseline(baseline, settings, device)  # the same for every policy: drawn once
     rows = []
     with open(os.path.join(args.output_dir, "win_rate_samples.jsonl"), "w", encoding="utf-8") as f:
         for value in args.policy:
             name, policy = contestant(value, args, device)
-            result = compare_policies(policy, baseline, judge, settings, args.tie_threshold, device)
+            result = compare_policies(policy, baseline, judge, settings, args.tie_threshold, device,
+                                      baseline_samples)
             for record in result.pop("records"):
-                f.write(json.dumps({"policy": name, "baseline": baseline_name, **record}, ensure_ascii=False) + "\n")
+                f.write(json.dumps({"policy_model": name, "baseline_model": baseline_name, **record},
+                                   ensure_ascii=False) + "\n")
             rows.append({"policy": name, "baseline": baseline_name, "judge_name": judge_name, **result})
     return rows
 

@@ -23,12 +23,17 @@ def test_real_model_recipe_smoke(tmp_path):
                            str(out)], env=env, capture_output=True, text=True, timeout=1800)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     stages = [line.split("\t")[0] for line in (out / "stages.tsv").read_text().splitlines()[1:]]
-    assert stages == ["split", "sft", "rm_proxy", "rm_gold", "ppo", "eval"]
+    assert stages == ["split", "sft", "rm_proxy", "rm_gold", "ppo", "dpo", "grpo", "eval"]
     parts = {name: {json.dumps(json.loads(line)) for line in (out / "data" / f"{name}.jsonl").read_text().splitlines()}
              for name in ("proxy", "gold", "heldout")}
     assert not (parts["proxy"] & parts["gold"]) and not (parts["heldout"] & (parts["proxy"] | parts["gold"]))
     results = json.loads((out / "eval" / "results.json").read_text())
     assert [row["model"] for row in results["reward_models"]] == ["proxy", "gold"]
-    (duel,) = results["win_rates"]
-    assert (duel["policy"], duel["baseline"], duel["count"]) == ("ppo", "sft", 4) and duel["kl"] is not None
+    duels = results["win_rates"]
+    assert [(duel["policy"], duel["baseline"], duel["count"]) for duel in duels] == [
+        ("ppo", "sft", 4), ("dpo", "sft", 4), ("grpo", "sft", 4)]
+    assert all(duel["kl"] is not None for duel in duels)
+    # every trained policy is a loadable Hugging Face directory of its own
+    for name in ("ppo", "dpo", "grpo"):
+        assert json.loads((out / name / "config.json").read_text())["model_type"] == "llama"
     assert (out / "eval" / "report.png").exists() and (out / "eval" / "report.md").exists()

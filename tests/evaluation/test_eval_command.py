@@ -64,6 +64,28 @@ def test_a_policy_against_itself_ties_everything_with_zero_kl(eval_model_dirs, f
     assert {"position_bias", "order_agreement"} <= set(duel["judge"])
 
 
+def test_several_policies_meet_one_baseline_sampled_once(eval_model_dirs, files, tmp_path, monkeypatch):
+    """The baseline's answers depend only on it and the sampling flags: drawn once, the same for every policy."""
+    from minichatgpt.evaluation import win_rate
+
+    calls = []
+    real = win_rate.sample_responses
+    monkeypatch.setattr(win_rate, "sample_responses", lambda *a, **k: calls.append(k.get("desc")) or real(*a, **k))
+    out = tmp_path / "two"
+    rc = cli.main(["eval", "--output_dir", str(out), "--policy", f"a={eval_model_dirs['lm2']}",
+                   f"b={eval_model_dirs['lm']}", "--baseline", f"sft={eval_model_dirs['lm']}", "--prompts",
+                   files["prompts"], "--judge_rm", eval_model_dirs["rm"], "--max_new_tokens", "4", "--batch_size", "2"])
+    assert rc == 0
+    assert calls == ["baseline answers", "policy answers", "policy answers"]
+    samples = [json.loads(line) for line in (out / "win_rate_samples.jsonl").read_text().splitlines()]
+    # each record names its models (the answers' texts are under "policy" and "baseline")
+    assert {(s["policy_model"], s["baseline_model"]) for s in samples} == {("a", "sft"), ("b", "sft")}
+    by_policy = {name: [s["baseline"] for s in samples if s["policy_model"] == name] for name in ("a", "b")}
+    assert by_policy["a"] == by_policy["b"] and len(by_policy["a"]) == len(PROMPTS)
+    # b has the baseline's weights and seed: its answers are the baseline's, every duel a tie
+    assert all(s["outcome"] == 0.5 and s["policy"] == s["baseline"] for s in samples if s["policy_model"] == "b")
+
+
 @pytest.mark.parametrize("extra,message", [
     (["--pairs", "missing.jsonl", "--reward_model", "RM"], "--pairs 'missing.jsonl': no such file"),
     (["--reward_model", "RM"], "--reward_model needs --pairs"),
