@@ -124,3 +124,23 @@ def test_the_flags_stage_wins_over_the_config_file_and_the_files_over_the_name()
 def test_stages_outside_1_to_3_are_refused(bad):
     with pytest.raises(ValueError, match="ZeRO stage"):
         DeepSpeedOptions(**bad)
+
+
+@pytest.fixture
+def group_of_one():
+    """FSDP joins a process group of one (init_process_group picks a free port without torchrun)."""
+    yield
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
+def test_fsdp_keeps_offloaded_frozen_shards_on_the_cpu(group_of_one):
+    from minichatgpt.trainer.strategies import FSDPStrategy
+
+    plain, _, _ = experience(NaiveStrategy("cpu"))
+    offloaded, _, frozen = experience(FSDPStrategy(offload_frozen=True))
+    for name in ("log_probs", "values", "returns", "advantages", "scores", "kl"):
+        assert_close(getattr(offloaded, name), getattr(plain, name), rtol=1e-5, atol=1e-5, msg=name)
+    for model in frozen:  # sharded parameters held in CPU memory, not gathered after the forward
+        assert {type(p).__name__ for p in model.parameters()} == {"DTensor"}
+        assert {p.to_local().device.type for p in model.parameters()} == {"cpu"}
