@@ -18,6 +18,7 @@ from ..trainer.configs import PPOTrainerConfig, SupervisedTrainerConfig, Trainin
 from ..trainer.strategies import STRATEGY_NAMES
 from ..trainer.trackers import TRACKERS
 from .model_flags import ModelFlags
+from .placement import PPOPlacement, check_placement
 from .reward_config import RewardFunctionFields, check_reward_functions
 
 MODEL_FAMILIES = ("auto", "gpt2", "opt", "bloom", "llama")
@@ -98,10 +99,10 @@ class RMConfig(SupervisedConfig):
 
 
 @dataclasses.dataclass
-class PPOConfig(RunConfig, PPOTrainerConfig, RewardFunctionFields):
+class PPOConfig(RunConfig, PPOTrainerConfig, RewardFunctionFields, PPOPlacement):
     """``minichatgpt ppo``: stage 3, PPO(-ptx) on prompts. The algorithm's fields are ``PPOTrainerConfig``'s;
     ``--reward_fn`` adds reward functions to the reward model's score (or replaces it when neither
-    --rm_pretrain nor --rm_path is given)."""
+    --rm_pretrain nor --rm_path is given); where the four models live, ``PPOPlacement``'s."""
     prompt_path: Optional[str] = option(None, "prompts (instruction/prompt/messages fields, or hh-rlhf "
                                               "dialogues); default: built-in")
     pretrain_dataset: Optional[str] = option(None, "PPO-ptx data ({'text'} records or SFT formats)")
@@ -121,6 +122,7 @@ class PPOConfig(RunConfig, PPOTrainerConfig, RewardFunctionFields):
     def check(self) -> None:
         super().check()
         check_reward_functions(self)
+        check_placement(self)
         if not self.greedy and not (math.isfinite(self.temperature) and self.temperature > 0):
             raise UsageError(f"--temperature must be a finite number > 0 when sampling (or pass --greedy), "
                              f"got {self.temperature!r}")

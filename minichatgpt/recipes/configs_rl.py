@@ -8,6 +8,7 @@ from ..config import LENGTH, NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, POSITIVE_
 from ..functional_rl import ADVANTAGE_ESTIMATORS, AGGREGATIONS, PREFERENCE_LOSSES
 from ..trainer.dpo import REFERENCES
 from .configs import TOP_P, RunConfig, SupervisedConfig
+from .placement import ActorPlacement, check_placement
 from .reward_config import RewardFunctionFields, check_reward_functions
 
 HALF_OPEN_UNIT = ("a number in [0, 0.5)", lambda v: 0 <= v < 0.5)
@@ -41,7 +42,7 @@ class DPOConfig(SupervisedConfig):
 
 
 @dataclasses.dataclass
-class GRPOConfig(RunConfig, RewardFunctionFields):
+class GRPOConfig(RunConfig, RewardFunctionFields, ActorPlacement):
     """``minichatgpt grpo``: critic-free RL on prompts (GRPO, Dr. GRPO, RLOO, REINFORCE++), rewarded by
     reward functions (``--reward_fn``) and/or a reward model (``--rm_pretrain``)."""
     prompt_path: Optional[str] = option(None, "prompts (the PPO formats); other record fields reach reward "
@@ -73,6 +74,7 @@ class GRPOConfig(RunConfig, RewardFunctionFields):
         if not self.reward_fn and not self.rm_pretrain:
             raise UsageError("give --reward_fn (path/to/file.py:name or package.module:name), --rm_pretrain, or both")
         check_reward_functions(self)
+        check_placement(self)
         if self.num_samples_per_prompt < 2 and self.algo != "reinforce_pp":
             raise UsageError(f"--algo {self.algo} compares the samples of a prompt: --num_samples_per_prompt must "
                              f"be >= 2, got {self.num_samples_per_prompt}")

@@ -16,6 +16,7 @@ import torch
 
 from ..config import UsageError, option
 from ..trainer.strategies import PRECISIONS
+from .placement import placement_options
 
 ATTN_IMPLEMENTATIONS = ("sdpa", "flash_attention_2", "eager")
 SAVE_DTYPES = ("auto",) + PRECISIONS
@@ -45,8 +46,9 @@ class ModelFlags:
 
 
 def strategy_options(args) -> dict:
-    """Keyword arguments of ``build_strategy`` besides the name: precision and the DeepSpeed config file."""
-    options = {"precision": getattr(args, "precision", None)}
+    """Keyword arguments of ``build_strategy`` besides the name: precision, the DeepSpeed config file and the RL
+    stages' placement (``recipes.placement``)."""
+    options = {"precision": getattr(args, "precision", None), **placement_options(args)}
     path = getattr(args, "deepspeed_config", None)
     if path:
         with open(path) as f:

@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .base import Strategy
 from .mixed import MixedPrecision
+from .offload import shares_trained_parameters
 from .precision import load_with_scaler, save_with_scaler
 from .utils import (default_device, distributed_dataloader, join_process_group, load_object, load_state_dict,
                     prepare_models, save_object, save_state_dict, set_seed, should_write)
@@ -28,6 +29,8 @@ class DDPOptions:
         bucket_cap_mb: gradient all-reduce bucket size (DDP's default when None).
         precision: ``"fp32"``, ``"bf16"`` (bf16 weights, float32 masters, optimizer state and gradient
             all-reduce) or ``"fp16"`` (autocast over float32 weights, loss scaling); see ``strategies.mixed``.
+        offload_frozen: keep frozen models (reference, reward) in CPU memory, moving them to the device only
+            for their forward (``strategies.offload``).
     """
 
     backend: Optional[str] = None
@@ -35,6 +38,7 @@ class DDPOptions:
     find_unused_parameters: bool = False
     bucket_cap_mb: Optional[float] = None
     precision: str = "fp32"
+    offload_frozen: bool = False
 
 
 class DDPStrategy(Strategy):
@@ -83,7 +87,11 @@ class DDPStrategy(Strategy):
                 ddp.register_comm_hook(None, self.mixed.ddp_comm_hook())
             return ddp, optim
 
-        return prepare_models(models, wrap, self.mixed.prepare_frozen)
+        def frozen(model: nn.Module) -> nn.Module:
+            offload = self.options.offload_frozen and not shares_trained_parameters(model, models)
+            return self.mixed.prepare_frozen(model, offload)
+
+        return prepare_models(models, wrap, frozen)
 
     def backward(self, loss: torch.Tensor, model: nn.Module, optimizer: Optimizer) -> None:
         self.mixed.backward(loss, optimizer)

@@ -1,9 +1,6 @@
 """DeepSpeed ZeRO stages 1-3, optionally offloading to the CPU; runs on the CPU with ``DS_ACCELERATOR=cpu``."""
 
-import copy
-import os
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from contextlib import contextmanager, nullcontext
 from typing import Callable, Dict, Optional
 
 import torch
@@ -12,91 +9,20 @@ from torch.optim import Optimizer
 from torch.utils.data import DataLoader, Dataset
 
 from .base import Strategy
+from .deepspeed_options import MIN_VERSION, DeepSpeedOptions, import_deepspeed  # noqa: F401  (public here too)
+from .offload import shares_trained_parameters
 from .precision import as_dtype
 from .utils import (check_sharded_save, default_device, distributed_dataloader, fill_grad_norm, join_process_group,
                     load_object, load_state_dict, prepare_models, rank_path, save_object, save_state_dict, set_seed,
                     should_write)
-
-MIN_VERSION = "0.19.4"  # first release with "managed_gradient_accumulation": false
-
-
-def import_deepspeed():
-    """``import deepspeed``, or an ImportError that says how to get a version this strategy supports."""
-    if not torch.cuda.is_available():
-        # DeepSpeed picks its accelerator once, at first use; say "cpu" instead of letting it guess.
-        os.environ.setdefault("DS_ACCELERATOR", "cpu")
-    try:
-        import deepspeed
-        from deepspeed.runtime.engine import DeepSpeedEngine
-    except ImportError as e:
-        raise ImportError(f"DeepSpeedStrategy needs deepspeed>={MIN_VERSION}: pip install -e .[deepspeed] "
-                          f"({e})") from e
-    if not hasattr(DeepSpeedEngine, "managed_gradient_accumulation"):
-        raise ImportError(f"DeepSpeedStrategy needs deepspeed>={MIN_VERSION} (found {deepspeed.__version__}): "
-                          "older releases cannot leave the accumulation boundary to the caller")
-    return deepspeed
-
-
-def _merge(base: dict, override: dict) -> dict:
-    merged = copy.deepcopy(base)
-    for key, value in override.items():
-        merged[key] = _merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) \
-            else value
-    return merged
-
-
-@dataclass
-class DeepSpeedOptions:
-    """Knobs of ``DeepSpeedStrategy``.
-
-    Attributes:
-        stage: ZeRO stage: 1 shards optimizer state, 2 also gradients, 3 also parameters.
-        offload: keep optimizer state (and with stage 3 the parameters) in CPU memory.
-        precision: ``"fp32"``, ``"bf16"`` or ``"fp16"`` for the working copy; master weights stay fp32.
-        backend: process-group backend; default NCCL on GPUs, gloo on the CPU.
-        timeout_s: how long a collective waits for the other ranks before failing.
-        zero_init: with stage 3, partition Hugging Face models while they are built in
-            ``model_init_context`` (no rank ever holds a whole model). ``False`` builds them whole and
-            partitions them in ``prepare``, which lets ``copy.deepcopy`` make the reference model.
-        config: DeepSpeed config entries merged over the generated ones (e.g.
-            ``{"zero_optimization": {"stage3_param_persistence_threshold": 0}}``).
-    """
-
-    stage: int = 2
-    offload: bool = False
-    precision: str = "fp32"
-    backend: Optional[str] = None
-    timeout_s: float = 1800.0
-    zero_init: bool = True
-    config: Dict = field(default_factory=dict)
-
-    def ds_config(self, train: bool) -> dict:
-        """The DeepSpeed config: batch sizes are placeholders (data loading and the accumulation boundary
-        stay with the trainer: ``managed_gradient_accumulation`` is off, so ``step`` is the boundary)."""
-        if self.stage not in (1, 2, 3) or self.precision not in ("fp32", "bf16", "fp16"):
-            raise ValueError(f"unsupported DeepSpeed stage {self.stage} / precision {self.precision!r}")
-        zero = {"stage": self.stage}
-        if self.offload:
-            pin = torch.cuda.is_available()
-            zero["offload_optimizer"] = {"device": "cpu", "pin_memory": pin}
-            if self.stage == 3:
-                zero["offload_param"] = {"device": "cpu", "pin_memory": pin}
-        config = {"train_micro_batch_size_per_gpu": 1, "gradient_accumulation_steps": 1, "gradient_clipping": 0.0,
-                  "zero_optimization": zero, "bf16": {"enabled": self.precision == "bf16"},
-                  "fp16": {"enabled": self.precision == "fp16"}, "steps_per_print": 2 ** 62,
-                  # Any torch optimizer works (DeepSpeedCPUAdam is faster with offload but needs a compiler).
-                  "zero_allow_untested_optimizer": True, "zero_force_ds_cpu_optimizer": False}
-        if train:
-            config["managed_gradient_accumulation"] = False
-        return _merge(config, self.config)
-
 
 class DeepSpeedStrategy(Strategy):
     """DeepSpeed ZeRO: ``prepare`` turns each (model, optimizer) pair into (engine, optimizer).
 
     The optimizer in the pair is the user's object, now updated by the engine (learning-rate schedulers
     keep working on its ``param_groups``). With stage 3 models are built partitioned inside
-    ``model_init_context`` (``deepspeed.zero.Init``) and frozen models become inference engines.
+    ``model_init_context`` (``deepspeed.zero.Init``) and frozen models become inference engines. Each pair
+    may have its own stage (``pair_stages``), and frozen models may be ZeRO-3-offloaded (``offload_frozen``).
 
     Args:
         stage: ZeRO stage 1, 2 or 3.
@@ -110,11 +36,11 @@ class DeepSpeedStrategy(Strategy):
 
     @property
     def shards_parameters(self) -> bool:
-        return self.options.stage == 3
+        """True when some trained model may be ZeRO-3 (checkpoints gather then, ranks generate in step)."""
+        return 3 in self.options.stages()
 
     def __init__(self, stage: int = 2, offload: bool = False, seed: int = 42, **options):
         self.options = DeepSpeedOptions(stage=stage, offload=offload, **options)
-        self.options.ds_config(train=True)  # validate early
         self.seed = seed
         self._device = default_device()
         self._engines = {}  # id(optimizer) -> engine
@@ -138,14 +64,17 @@ class DeepSpeedStrategy(Strategy):
     @contextmanager
     def model_init_context(self):
         """With stage 3, Hugging Face models built inside are partitioned as they are created (and
-        ``from_pretrained`` loads into the partitions); other modules are partitioned by ``prepare``."""
-        if self.options.stage != 3 or not self.options.zero_init:
+        ``from_pretrained`` loads into the partitions); other modules are partitioned by ``prepare``.
+        Only when every model will be a plain ZeRO-3 engine: a model built partitioned cannot become a
+        stage 1-2 engine or an offloaded one, so mixed stages and ``offload_frozen`` build models whole."""
+        opts = self.options
+        if set(opts.stages()) != {3} or opts.offload_frozen or not opts.zero_init:
             yield
             return
         from transformers.integrations.deepspeed import HfDeepSpeedConfig, unset_hf_deepspeed_config
 
         # transformers runs deepspeed.zero.Init (and ZeRO-3 aware weight init and loading) while this lives.
-        hf_config = HfDeepSpeedConfig(self.options.ds_config(train=True))
+        hf_config = HfDeepSpeedConfig(opts.ds_config(train=True))
         try:
             yield
         finally:
@@ -153,21 +82,25 @@ class DeepSpeedStrategy(Strategy):
             unset_hf_deepspeed_config()
 
     def prepare(self, *models):
-        deepspeed = import_deepspeed()
-        if self.options.stage == 3:
-            _prepare_partitioned(models, as_dtype(self.options.precision))
+        deepspeed, opts = import_deepspeed(), self.options
+        dtype, pairs = as_dtype(opts.precision), iter(range(len(models)))
+        frozen_stage = opts.frozen_stage()
 
         def wrap_trained(model: nn.Module, optim: Optimizer):
-            engine, *_ = deepspeed.initialize(model=model, optimizer=optim, config=self.options.ds_config(True),
+            stage = opts.pair_stage(next(pairs))
+            if stage == 3:
+                check_partitionable(model, dtype)
+            engine, *_ = deepspeed.initialize(model=model, optimizer=optim, config=opts.ds_config(True, stage),
                                               dist_init_required=False)
             self._engines[id(optim)] = engine
             return engine, optim
 
         def wrap_frozen(model: nn.Module):
-            if self.options.stage != 3:
+            if frozen_stage is None or (opts.stage != 3 and shares_trained_parameters(model, models)):
                 # Frozen models need no master copy: keep them in the working dtype the engines compute in.
-                return model.to(self.device, as_dtype(self.options.precision))
-            engine, *_ = deepspeed.initialize(model=model, config=self.options.ds_config(False),
+                return model.to(self.device, dtype)
+            check_partitionable(model, dtype)
+            engine, *_ = deepspeed.initialize(model=model, config=opts.ds_config(False, frozen_stage),
                                               dist_init_required=False)
             return engine
 
@@ -213,7 +146,7 @@ class DeepSpeedStrategy(Strategy):
 
     @contextmanager
     def gathered_params(self, model: nn.Module):
-        if self.options.stage != 3:
+        if not _is_zero3_engine(model):
             yield
             return
         from deepspeed.runtime.zero.stage3 import unwrap_model_for_generation
@@ -272,20 +205,24 @@ def full_state_dict(module: nn.Module, from_master: bool) -> Dict[str, torch.Ten
     return state
 
 
-def _prepare_partitioned(models: tuple, dtype: torch.dtype) -> None:
-    """``copy.deepcopy`` of a ZeRO-3 partitioned model copies only the empty local placeholders (the copy has
-    no partitions behind them): refuse it with a clear message instead of failing in the first forward.
-    Parameters made outside ``zero.Init`` (a value head) get the working ``dtype``: ZeRO-3 flattens one dtype."""
-    for item in models:
-        module = item[0] if isinstance(item, tuple) else item
-        for name, param in module.named_parameters() if module is not None else ():
-            if param.numel() == 0 and not hasattr(param, "ds_id"):
-                raise ValueError(f"parameter {name!r} is empty: with ZeRO-3, models built inside "
-                                 "model_init_context are partitioned and copy.deepcopy cannot copy them; build the "
-                                 "reference / reward model with its constructor (e.g. Actor(pretrained=...)), or "
-                                 "pass zero_init=False to build whole models and partition them in prepare")
-            if not hasattr(param, "ds_id"):
-                param.data = param.data.to(dtype)
+def _is_zero3_engine(model: nn.Module) -> bool:
+    return callable(getattr(model, "zero_optimization_partition_weights", None)) and \
+        bool(model.zero_optimization_partition_weights())
+
+
+def check_partitionable(module: nn.Module, dtype: torch.dtype) -> None:
+    """Before a module becomes a ZeRO-3 engine. ``copy.deepcopy`` of a ZeRO-3 partitioned model copies only the
+    empty local placeholders (the copy has no partitions behind them): refuse it with a clear message instead of
+    failing in the first forward. Parameters made outside ``zero.Init`` (a value head) get the working
+    ``dtype``: ZeRO-3 flattens one dtype."""
+    for name, param in module.named_parameters():
+        if param.numel() == 0 and not hasattr(param, "ds_id"):
+            raise ValueError(f"parameter {name!r} is empty: with ZeRO-3, models built inside "
+                             "model_init_context are partitioned and copy.deepcopy cannot copy them; build the "
+                             "reference / reward model with its constructor (e.g. Actor(pretrained=...)), or "
+                             "pass zero_init=False to build whole models and partition them in prepare")
+        if not hasattr(param, "ds_id"):
+            param.data = param.data.to(dtype)
 
 
 def _checkpoint_classes():

@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ...extras import MissingDependency
 from .base import Strategy
+from .offload import shares_trained_parameters
 from .precision import LossScaling, as_dtype, precision_name
 from .utils import (broadcast_module, check_sharded_save, default_device, distributed_dataloader, join_process_group,
                     load_object, load_state_dict, prepare_models, rank_path, save_object, save_state_dict, set_seed,
@@ -39,6 +40,8 @@ class FSDPOptions:
         reduce_dtype: dtype of the gradient reduce-scatter (default: ``param_dtype``).
         reshard_after_forward: free each layer's gathered parameters after its forward (less memory,
             one more all-gather in backward).
+        offload_frozen: frozen models (reference, reward) keep their shards in CPU memory
+            (``CPUOffloadPolicy``), each layer gathered onto the device only for its forward and freed after.
     """
 
     backend: Optional[str] = None
@@ -48,6 +51,7 @@ class FSDPOptions:
     param_dtype: Union[str, torch.dtype, None] = None
     reduce_dtype: Union[str, torch.dtype, None] = None
     reshard_after_forward: bool = True
+    offload_frozen: bool = False
 
     def __post_init__(self):
         if self.precision is not None and self.param_dtype is None:
@@ -120,18 +124,20 @@ class FSDPStrategy(Strategy):
     def model_init_context(self):
         return nullcontext()
 
-    def _shard(self, model: nn.Module) -> nn.Module:
+    def _shard(self, model: nn.Module, offload_frozen: bool = False) -> nn.Module:
+        """``offload_frozen``: a frozen model whose shards stay in CPU memory and whose root is freed after its
+        forward too (no backward follows)."""
         opts, fsdp = self.options, fsdp2()
-        model = model.to(self.device)
+        model = model.to(self.device)  # whole, for the broadcast (NCCL needs device tensors); sharding frees it
         broadcast_module(model)
         kwargs = {"mp_policy": fsdp.MixedPrecisionPolicy(param_dtype=as_dtype(opts.param_dtype),
                                                          reduce_dtype=as_dtype(opts.reduce_dtype or opts.param_dtype))}
-        if opts.cpu_offload:
+        if opts.cpu_offload or offload_frozen:
             kwargs["offload_policy"] = fsdp.CPUOffloadPolicy(pin_memory=self.device.type == "cuda")
         for block in transformer_blocks(model):
-            fsdp.fully_shard(block, reshard_after_forward=opts.reshard_after_forward, **kwargs)
+            fsdp.fully_shard(block, reshard_after_forward=opts.reshard_after_forward or offload_frozen, **kwargs)
         # The root's parameters are needed again right away by backward: keep them after forward.
-        fsdp.fully_shard(model, reshard_after_forward=False, **kwargs)
+        fsdp.fully_shard(model, reshard_after_forward=offload_frozen, **kwargs)
         if callable(getattr(model, "generate", None)):
             # Run the root's FSDP hooks around generate too, which calls the inner model, not forward.
             fsdp.register_fsdp_forward_method(model, "generate")
@@ -152,7 +158,10 @@ class FSDPStrategy(Strategy):
                 group["params"] = [sharded[names[id(p)]] for p in group["params"]]
             return model, optim
 
-        return prepare_models(models, shard_trained, self._shard)
+        def shard_frozen(model: nn.Module) -> nn.Module:
+            return self._shard(model, self.options.offload_frozen and not shares_trained_parameters(model, models))
+
+        return prepare_models(models, shard_trained, shard_frozen)
 
     def backward(self, loss: torch.Tensor, model: nn.Module, optimizer: Optimizer) -> None:
         self.scaling.backward(loss, optimizer)

@@ -22,6 +22,7 @@ import torch.distributed as dist
 import torch.nn as nn
 from torch.optim import Optimizer
 
+from .offload import CPU, offload_between_forwards
 from .precision import LossScaling, as_dtype, autocast_module, precision_name
 
 
@@ -45,11 +46,12 @@ class MixedPrecision:
     def master_weights(self) -> bool:
         return self.dtype == torch.bfloat16
 
-    def prepare_frozen(self, model: nn.Module) -> nn.Module:
-        model = model.to(self.device)
-        if self.master_weights:
-            return model.to(self.dtype)
-        return autocast_module(model, self.dtype, self.device.type)
+    def prepare_frozen(self, model: nn.Module, offload: bool = False) -> nn.Module:
+        """Cast (bf16) or autocast (fp16) a frozen model; on the device, or with ``offload`` kept in CPU memory and
+        moved to the device only for each forward (``offload.offload_between_forwards``)."""
+        model = model.to(CPU if offload else self.device)
+        model = model.to(self.dtype) if self.master_weights else autocast_module(model, self.dtype, self.device.type)
+        return offload_between_forwards(model, self.device) if offload else model
 
     def prepare_trained(self, model: nn.Module, optim: Optimizer) -> nn.Module:
         """Move ``model``; with bf16, give ``optim`` float32 masters of its parameters and cast ``model``."""

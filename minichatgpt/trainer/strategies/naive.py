@@ -10,6 +10,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .base import Strategy
 from .mixed import MixedPrecision
+from .offload import shares_trained_parameters
 from .precision import load_with_scaler, save_with_scaler
 from .utils import EpochSampler, load_object, load_state_dict, save_object, save_state_dict
 
@@ -21,10 +22,13 @@ class NaiveStrategy(Strategy):
         device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``...; default: CUDA when available, else CPU.
         precision: ``"fp32"``, ``"bf16"`` (bf16 weights, float32 masters and optimizer state) or ``"fp16"``
             (autocast over float32 weights, loss scaling); see ``strategies.mixed``.
+        offload_frozen: keep frozen models (reference, reward) in CPU memory, moving them to the device only
+            for their forward (``strategies.offload``).
     """
 
-    def __init__(self, device: Optional[str] = None, precision: str = "fp32"):
+    def __init__(self, device: Optional[str] = None, precision: str = "fp32", offload_frozen: bool = False):
         self._device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.offload_frozen = offload_frozen
         self.mixed = MixedPrecision(precision, self._device)
         self.precision = self.mixed.precision
         self.setup_distributed()
@@ -49,7 +53,8 @@ class NaiveStrategy(Strategy):
             elif item is None:
                 prepared.append(None)
             else:
-                prepared.append(self.mixed.prepare_frozen(item))
+                offload = self.offload_frozen and not shares_trained_parameters(item, models)
+                prepared.append(self.mixed.prepare_frozen(item, offload))
         return prepared[0] if len(prepared) == 1 else prepared
 
     def backward(self, loss: torch.Tensor, model: nn.Module, optimizer: Optimizer) -> None:
