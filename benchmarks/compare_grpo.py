@@ -34,6 +34,8 @@ What still differs, by design of each library:
   are used) and runs through ``transformers.Trainer``; minichatgpt gets the ids and runs through
   ``NaiveStrategy``.
 * TRL builds its reference model from the policy's directory; minichatgpt loads the same directory.
+* Both call ``letter_e_reward`` on the decoded responses: TRL directly, minichatgpt through
+  ``RewardFunctions`` (what ``--reward_fn path/to/file.py:name`` builds), which returns a float32 tensor.
 """
 
 import argparse
