@@ -4,7 +4,8 @@ both sides load, fixed-length data, alternating timed runs, the table and the JS
 The comparison scripts import this module by name (``from compare_common import ...``), with
 ``benchmarks/`` first on ``sys.path``. It imports only torch at module level (transformers, and
 minichatgpt for the data helpers, inside functions), so that the PPO peer worker can import it from a
-separate virtual environment that holds an old TRL and no minichatgpt.
+separate virtual environment that holds an old TRL and no minichatgpt. The scripts against TRL's current
+trainers (SFT, RM, DPO, GRPO) are declared through ``compare_trl.py`` on top of it.
 
 Fairness rules every script follows (each script's docstring lists what still differs):
 
@@ -35,7 +36,6 @@ import os
 import platform
 import statistics
 import sys
-import tempfile
 import time
 from datetime import datetime, timezone
 from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
@@ -175,56 +175,44 @@ def model_description(args: argparse.Namespace, dirs: ModelDirs, vocab_size: int
 # ----------------------------------------------------------------------------------------------
 # fixed-length data (tokenized once, through minichatgpt's datasets)
 # ----------------------------------------------------------------------------------------------
-def _cycle_to(examples: List[dict], n: int, what: str, seq_len: int) -> List[dict]:
-    if not examples:
+def _fixed_length(kind: str, tokenizer, data: str, seq_len: int, n: int, fits: Callable[[dict], bool],
+                  what: str) -> List[dict]:
+    """``n`` examples of minichatgpt's ``{kind}Dataset`` (SFT, Preference, Prompt) that ``fits`` keeps, cycled:
+    the demo's records of that kind, or its file in ``../shared/data``."""
+    import minichatgpt.data
+    from minichatgpt import demo
+
+    if data == "demo":
+        records = {"SFT": demo.sft_records, "Preference": demo.preference_records, "Prompt": demo.prompt_records}
+        source = records[kind](max(4 * n, 64), seed={"SFT": 0, "Preference": 1, "Prompt": 2}[kind])
+    else:
+        source = os.path.join(SHARED_DATA, "alpaca_en_demo.json" if kind == "SFT"
+                              else "hh_rlhf_harmless_base_test.jsonl.gz")
+    dataset = getattr(minichatgpt.data, f"{kind}Dataset")(source, tokenizer, max_len=seq_len)
+    kept = [e for e in dataset.examples if fits(e)]
+    if not kept:
         raise SystemExit(f"no {what} reaches {seq_len} tokens; lower --seq_len")
-    return [examples[i % len(examples)] for i in range(n)]
+    return [kept[i % len(kept)] for i in range(n)]
 
 
 def sft_examples(tokenizer, data: str, seq_len: int, n: int) -> List[Dict[str, torch.Tensor]]:
     """``n`` demonstrations of exactly ``seq_len`` tokens: ``{"input_ids", "labels"}`` (prompt labels -100)."""
-    from minichatgpt.data import SFTDataset
-
-    if data == "demo":
-        from minichatgpt.demo import sft_records
-
-        source = sft_records(max(4 * n, 64), seed=0)
-    else:
-        source = os.path.join(SHARED_DATA, "alpaca_en_demo.json")
-    dataset = SFTDataset(source, tokenizer, max_len=seq_len)
-    kept = [e for e in dataset.examples if len(e["input_ids"]) == seq_len]
-    return _cycle_to(kept, n, "demonstration", seq_len)
+    return _fixed_length("SFT", tokenizer, data, seq_len, n, lambda e: len(e["input_ids"]) == seq_len,
+                         "demonstration")
 
 
 def preference_examples(tokenizer, data: str, seq_len: int, n: int) -> List[Dict[str, torch.Tensor]]:
     """``n`` pairs whose chosen and rejected sides are both exactly ``seq_len`` tokens."""
-    from minichatgpt.data import PreferenceDataset
-
-    if data == "demo":
-        from minichatgpt.demo import preference_records
-
-        source = preference_records(max(4 * n, 64), seed=1)
-    else:
-        source = os.path.join(SHARED_DATA, "hh_rlhf_harmless_base_test.jsonl.gz")
-    dataset = PreferenceDataset(source, tokenizer, max_len=seq_len)
-    kept = [e for e in dataset.examples
-            if len(e["chosen_input_ids"]) == seq_len and len(e["rejected_input_ids"]) == seq_len]
-    return _cycle_to(kept, n, "preference pair", seq_len)
+    return _fixed_length("Preference", tokenizer, data, seq_len, n,
+                         lambda e: len(e["chosen_input_ids"]) == len(e["rejected_input_ids"]) == seq_len,
+                         "preference pair")
 
 
 def prompt_examples(tokenizer, data: str, prompt_len: int, n: int) -> torch.Tensor:
     """(n, prompt_len) prompt ids, each prompt exactly ``prompt_len`` tokens (its tail kept), no padding."""
-    from minichatgpt.data import PromptDataset
-
-    if data == "demo":
-        from minichatgpt.demo import prompt_records
-
-        source = prompt_records(max(4 * n, 64), seed=2)
-    else:
-        source = os.path.join(SHARED_DATA, "hh_rlhf_harmless_base_test.jsonl.gz")
-    dataset = PromptDataset(source, tokenizer, max_len=prompt_len)
-    kept = [e for e in dataset.examples if len(e["input_ids"]) == prompt_len]
-    return torch.stack([e["input_ids"] for e in _cycle_to(kept, n, "prompt", prompt_len)])
+    kept = _fixed_length("Prompt", tokenizer, data, prompt_len, n, lambda e: len(e["input_ids"]) == prompt_len,
+                         "prompt")
+    return torch.stack([e["input_ids"] for e in kept])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -335,36 +323,3 @@ def report(benchmark: str, args: argparse.Namespace, header: str, results: Dict[
             f.write(json.dumps(record) + "\n")
         print(f"appended to {args.results}")
     return record
-
-
-def compare_with_trl(benchmark: str, args: argparse.Namespace, make_examples: Callable, model_dir: Callable,
-                     ours: Callable, peer: Callable, peer_name: str, workload: Callable) -> dict:
-    """The body of ``compare_sft`` / ``compare_rm``: data, one saved model, the two sides alternated, the report.
-
-    ``make_examples(tokenizer, data, seq_len, n)``; ``model_dir(dirs)`` picks the saved model both sides load;
-    ``ours(args, model_dir, examples, pad_id)`` and ``peer(args, model_dir, tokenizer, examples, out_dir)`` build
-    the ``Side``s; ``workload(args, data)`` describes the batches for the header.
-    """
-    set_threads(args.threads)
-    args.data = data = resolve_data(args.data)
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
-    tokenizer = build_tokenizer(data)
-    examples = make_examples(tokenizer, data, args.seq_len, args.steps * args.batch_size)
-    sides, skipped = [], {}
-    with tempfile.TemporaryDirectory(prefix=f"{benchmark}_") as tmp:
-        dirs = save_models(tokenizer, tmp, args.n_layer, args.n_embd, args.n_head, max(1024, args.seq_len),
-                           args.seed)
-        sides.append(ours(args, model_dir(dirs), examples, tokenizer.pad_token_id))
-        if args.no_peer:
-            skipped[peer_name] = "--no_peer"
-        elif version_of("trl") is None:
-            skipped[peer_name] = "trl is not installed (pip install trl)"
-        else:
-            sides.append(peer(args, model_dir(dirs), tokenizer, examples, os.path.join(tmp, "trl")))
-        results = alternate(sides, args.repeats, args.warmup)
-    header = (f"{model_description(args, dirs, len(tokenizer))}{workload(args, data)}; median of {args.repeats} "
-              f"alternating runs (+{args.warmup} warm-up); {args.device}, {torch.get_num_threads()} thread(s)")
-    return report(benchmark, args, header, results, ratios(results, [(sides[0].name, s.name) for s in sides[1:]]),
-                  skipped)

@@ -18,16 +18,12 @@ What still differs, by design of each library:
 * TRL runs through ``transformers.Trainer``; minichatgpt through ``NaiveStrategy``.
 """
 
-import argparse
 import os
 import sys
-from typing import List, Optional
-
-import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from compare_common import (Side, Stopwatch, add_common_arguments, compare_with_trl,  # noqa: E402
-                            preference_examples, version_of)
+from compare_common import Side, preference_examples  # noqa: E402
+from compare_trl import TRLComparison, causal_lm, naive_side, trl_peer, trl_training_arguments  # noqa: E402
 
 OURS = "minichatgpt DPOTrainer"
 LOG_INTERVAL = 10
@@ -38,27 +34,17 @@ def minichatgpt_side(args, lm_dir: str, pairs, pad_token_id: int) -> Side:
     from minichatgpt.data import DPOCollator
     from minichatgpt.nn import Actor
     from minichatgpt.trainer import DPOTrainer
-    from minichatgpt.trainer.strategies import NaiveStrategy
 
-    def run():
-        strategy = NaiveStrategy(args.device)
-        model = Actor(pretrained=lm_dir)
-        optim = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
-        model, optim = strategy.prepare((model, optim))
-        loader = strategy.setup_dataloader(pairs, args.batch_size, shuffle=True,
-                                           collate_fn=DPOCollator(pad_token_id), seed=args.seed)
-        trainer = DPOTrainer(model, strategy, optim, None, loss_type="sigmoid", beta=BETA, max_epochs=1,
-                             accumulation_steps=1, max_grad_norm=1.0, log_interval=LOG_INTERVAL)
-        with Stopwatch(args.device) as watch:
-            trainer.fit(loader)
-        return watch.timing(len(pairs) * 2 * args.seq_len)
+    def make_trainer(strategy, model, optim):
+        return DPOTrainer(model, strategy, optim, None, loss_type="sigmoid", beta=BETA, max_epochs=1,
+                          accumulation_steps=1, max_grad_norm=1.0, log_interval=LOG_INTERVAL)
 
-    return Side(OURS, run)
+    return naive_side(OURS, args, lambda: Actor(pretrained=lm_dir), pairs, DPOCollator(pad_token_id), make_trainer,
+                      lambda: len(pairs) * 2 * args.seq_len)
 
 
 def trl_side(args, lm_dir: str, tokenizer, pairs, output_dir: str) -> Side:
     from datasets import Dataset
-    from transformers import AutoModelForCausalLM
     from trl import DPOConfig, DPOTrainer
 
     rows = []
@@ -67,34 +53,17 @@ def trl_side(args, lm_dir: str, tokenizer, pairs, output_dir: str) -> Side:
         ids = (p["chosen_input_ids"][:n], p["chosen_input_ids"][n:], p["rejected_input_ids"][n:])
         rows.append(dict(zip(("prompt", "chosen", "rejected"), (tokenizer.decode(i) for i in ids))))
     dataset = Dataset.from_list(rows)
-    config = DPOConfig(output_dir=output_dir, max_steps=args.steps, num_train_epochs=1,
-                       per_device_train_batch_size=args.batch_size, gradient_accumulation_steps=1,
-                       learning_rate=args.lr, lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0,
-                       max_grad_norm=1.0, optim="adamw_torch", bf16=False, fp16=False,
-                       gradient_checkpointing=False, use_cpu=args.device == "cpu", report_to="none",
-                       save_strategy="no", eval_strategy="no", logging_steps=LOG_INTERVAL, disable_tqdm=True,
-                       dataloader_num_workers=0, seed=args.seed, max_length=None, loss_type=["sigmoid"], beta=BETA)
+    config = DPOConfig(**trl_training_arguments(args, output_dir, LOG_INTERVAL), max_length=None,
+                       loss_type=["sigmoid"], beta=BETA)
 
-    def run():
-        model = AutoModelForCausalLM.from_pretrained(lm_dir, dtype=torch.float32)
-        trainer = DPOTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer)
-        with Stopwatch(args.device) as watch:
-            trainer.train()
-        return watch.timing(trainer.state.global_step * args.batch_size * 2 * args.seq_len)
-
-    return Side(f"trl DPOTrainer {version_of('trl')}", run)
+    return trl_peer(DPOTrainer, args.device, lambda: causal_lm(lm_dir), args.batch_size * 2 * args.seq_len,
+                    args=config, train_dataset=dataset, processing_class=tokenizer)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    add_common_arguments(parser, steps=10, batch_size=4, seq_len=128, lr=1e-5)
-    return parser
-
-
-def main(argv: Optional[List[str]] = None) -> dict:
-    return compare_with_trl("compare_dpo", build_parser().parse_args(argv), preference_examples, lambda dirs: dirs.lm,
-                            minichatgpt_side, trl_side, "trl DPOTrainer",
-                            lambda args, data: (f"; {data} data; batch {args.batch_size} pairs x 2 x {args.seq_len} tokens, {args.steps} steps"))
+COMPARISON = TRLComparison("compare_dpo", __doc__, dict(steps=10, batch_size=4, seq_len=128, lr=1e-5),
+                           preference_examples, "lm", minichatgpt_side, trl_side, "trl DPOTrainer",
+                           "; {data} data; batch {batch_size} pairs x 2 x {seq_len} tokens, {steps} steps")
+build_parser, main = COMPARISON.build_parser, COMPARISON.main
 
 
 if __name__ == "__main__":

@@ -23,16 +23,14 @@ What still differs, by design of each library:
 * TRL runs through ``transformers.Trainer`` (accelerate, callbacks); minichatgpt through ``NaiveStrategy``.
 """
 
-import argparse
 import os
 import sys
-from typing import List, Optional
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from compare_common import (Side, Stopwatch, add_common_arguments, compare_with_trl,  # noqa: E402
-                            preference_examples, version_of)
+from compare_common import Side, preference_examples  # noqa: E402
+from compare_trl import TRLComparison, naive_side, trl_peer, trl_training_arguments  # noqa: E402
 
 OURS = "minichatgpt RewardModelTrainer"
 LOG_INTERVAL = 10
@@ -42,22 +40,13 @@ def minichatgpt_side(args, classifier_dir: str, pairs, pad_token_id: int) -> Sid
     from minichatgpt.data import PreferenceCollator
     from minichatgpt.nn import RewardModel
     from minichatgpt.trainer import RewardModelTrainer
-    from minichatgpt.trainer.strategies import NaiveStrategy
 
-    def run():
-        strategy = NaiveStrategy(args.device)
-        model = RewardModel(pretrained=classifier_dir)
-        optim = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
-        model, optim = strategy.prepare((model, optim))
-        loader = strategy.setup_dataloader(pairs, args.batch_size, shuffle=True,
-                                           collate_fn=PreferenceCollator(pad_token_id), seed=args.seed)
-        trainer = RewardModelTrainer(model, strategy, optim, None, loss_fn="log_sig", max_epochs=1,
-                                     accumulation_steps=1, max_grad_norm=1.0, log_interval=LOG_INTERVAL)
-        with Stopwatch(args.device) as watch:
-            trainer.fit(loader)
-        return watch.timing(len(pairs) * 2 * args.seq_len)
+    def make_trainer(strategy, model, optim):
+        return RewardModelTrainer(model, strategy, optim, None, loss_fn="log_sig", max_epochs=1, accumulation_steps=1,
+                                  max_grad_norm=1.0, log_interval=LOG_INTERVAL)
 
-    return Side(OURS, run)
+    return naive_side(OURS, args, lambda: RewardModel(pretrained=classifier_dir), pairs,
+                      PreferenceCollator(pad_token_id), make_trainer, lambda: len(pairs) * 2 * args.seq_len)
 
 
 def trl_side(args, classifier_dir: str, tokenizer, pairs, output_dir: str) -> Side:
@@ -67,35 +56,20 @@ def trl_side(args, classifier_dir: str, tokenizer, pairs, output_dir: str) -> Si
 
     dataset = Dataset.from_dict({"chosen_ids": [p["chosen_input_ids"].tolist() for p in pairs],
                                  "rejected_ids": [p["rejected_input_ids"].tolist() for p in pairs]})
-    config = RewardConfig(output_dir=output_dir, max_steps=args.steps, num_train_epochs=1,
-                          per_device_train_batch_size=args.batch_size, gradient_accumulation_steps=1,
-                          learning_rate=args.lr, lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0,
-                          max_grad_norm=1.0, optim="adamw_torch", bf16=False, fp16=False,
-                          gradient_checkpointing=False, use_cpu=args.device == "cpu", report_to="none",
-                          save_strategy="no", eval_strategy="no", logging_steps=LOG_INTERVAL, disable_tqdm=True,
-                          dataloader_num_workers=0, seed=args.seed, max_length=args.seq_len,
+    config = RewardConfig(**trl_training_arguments(args, output_dir, LOG_INTERVAL), max_length=args.seq_len,
                           center_rewards_coefficient=None)
 
-    def run():
-        model = AutoModelForSequenceClassification.from_pretrained(classifier_dir, num_labels=1, dtype=torch.float32)
-        trainer = RewardTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer)
-        with Stopwatch(args.device) as watch:
-            trainer.train()
-        return watch.timing(trainer.state.global_step * args.batch_size * 2 * args.seq_len)
+    def load_model():
+        return AutoModelForSequenceClassification.from_pretrained(classifier_dir, num_labels=1, dtype=torch.float32)
 
-    return Side(f"trl RewardTrainer {version_of('trl')}", run)
+    return trl_peer(RewardTrainer, args.device, load_model, args.batch_size * 2 * args.seq_len, args=config,
+                    train_dataset=dataset, processing_class=tokenizer)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    add_common_arguments(parser, steps=10, batch_size=4, seq_len=128, lr=1e-4)
-    return parser
-
-
-def main(argv: Optional[List[str]] = None) -> dict:
-    return compare_with_trl("compare_rm", build_parser().parse_args(argv), preference_examples, lambda dirs: dirs.classifier,
-                            minichatgpt_side, trl_side, "trl RewardTrainer",
-                            lambda args, data: (f" + score head; {data} data; batch {args.batch_size} pairs x 2 x {args.seq_len} tokens, {args.steps} steps"))
+COMPARISON = TRLComparison("compare_rm", __doc__, dict(steps=10, batch_size=4, seq_len=128, lr=1e-4),
+                           preference_examples, "classifier", minichatgpt_side, trl_side, "trl RewardTrainer",
+                           " + score head; {data} data; batch {batch_size} pairs x 2 x {seq_len} tokens, {steps} steps")
+build_parser, main = COMPARISON.build_parser, COMPARISON.main
 
 
 if __name__ == "__main__":

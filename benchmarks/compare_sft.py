@@ -24,16 +24,12 @@ What still differs, by design of each library (the defaults a user gets):
 * TRL runs through ``transformers.Trainer`` (accelerate, callbacks); minichatgpt through ``NaiveStrategy``.
 """
 
-import argparse
 import os
 import sys
-from typing import List, Optional
-
-import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from compare_common import (Side, Stopwatch, add_common_arguments, compare_with_trl,  # noqa: E402
-                            sft_examples, version_of)
+from compare_common import Side, sft_examples  # noqa: E402
+from compare_trl import TRLComparison, causal_lm, naive_side, trl_peer, trl_training_arguments  # noqa: E402
 
 OURS = "minichatgpt SFTTrainer"
 LOG_INTERVAL = 10
@@ -43,59 +39,32 @@ def minichatgpt_side(args, lm_dir: str, examples, pad_token_id: int) -> Side:
     from minichatgpt.data import SFTCollator
     from minichatgpt.nn import LM
     from minichatgpt.trainer import SFTTrainer
-    from minichatgpt.trainer.strategies import NaiveStrategy
 
-    def run():
-        strategy = NaiveStrategy(args.device)
-        model = LM(pretrained=lm_dir)
-        optim = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
-        model, optim = strategy.prepare((model, optim))
-        loader = strategy.setup_dataloader(examples, args.batch_size, shuffle=True,
-                                           collate_fn=SFTCollator(pad_token_id), seed=args.seed)
-        trainer = SFTTrainer(model, strategy, optim, None, max_epochs=1, accumulation_steps=1, max_grad_norm=1.0,
-                             log_interval=LOG_INTERVAL)
-        with Stopwatch(args.device) as watch:
-            trainer.fit(loader)
-        return watch.timing(len(examples) * args.seq_len)
+    def make_trainer(strategy, model, optim):
+        return SFTTrainer(model, strategy, optim, None, max_epochs=1, accumulation_steps=1, max_grad_norm=1.0,
+                          log_interval=LOG_INTERVAL)
 
-    return Side(OURS, run)
+    return naive_side(OURS, args, lambda: LM(pretrained=lm_dir), examples, SFTCollator(pad_token_id), make_trainer,
+                      lambda: len(examples) * args.seq_len)
 
 
 def trl_side(args, lm_dir: str, tokenizer, examples, output_dir: str) -> Side:
     from datasets import Dataset
-    from transformers import AutoModelForCausalLM
     from trl import SFTConfig, SFTTrainer
 
     dataset = Dataset.from_dict({"input_ids": [e["input_ids"].tolist() for e in examples],
                                  "labels": [e["labels"].tolist() for e in examples]})
-    config = SFTConfig(output_dir=output_dir, max_steps=args.steps, num_train_epochs=1,
-                       per_device_train_batch_size=args.batch_size, gradient_accumulation_steps=1,
-                       learning_rate=args.lr, lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0,
-                       max_grad_norm=1.0, optim="adamw_torch", bf16=False, fp16=False, gradient_checkpointing=False,
-                       use_cpu=args.device == "cpu", report_to="none", save_strategy="no", eval_strategy="no",
-                       logging_steps=LOG_INTERVAL, disable_tqdm=True, dataloader_num_workers=0, seed=args.seed,
-                       max_length=args.seq_len, packing=False)
+    config = SFTConfig(**trl_training_arguments(args, output_dir, LOG_INTERVAL), max_length=args.seq_len,
+                       packing=False)
 
-    def run():
-        model = AutoModelForCausalLM.from_pretrained(lm_dir, dtype=torch.float32)
-        trainer = SFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer)
-        with Stopwatch(args.device) as watch:
-            trainer.train()
-        return watch.timing(trainer.state.global_step * args.batch_size * args.seq_len)
-
-    return Side(f"trl SFTTrainer {version_of('trl')}", run)
+    return trl_peer(SFTTrainer, args.device, lambda: causal_lm(lm_dir), args.batch_size * args.seq_len, args=config,
+                    train_dataset=dataset, processing_class=tokenizer)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    add_common_arguments(parser, steps=5, batch_size=4, seq_len=128, lr=1e-4)
-    return parser
-
-
-def main(argv: Optional[List[str]] = None) -> dict:
-    return compare_with_trl("compare_sft", build_parser().parse_args(argv), sft_examples, lambda dirs: dirs.lm,
-                            minichatgpt_side, trl_side, "trl SFTTrainer",
-                            lambda args, data: (f"; {data} data; batch {args.batch_size} x {args.seq_len} tokens, {args.steps} steps"))
+COMPARISON = TRLComparison("compare_sft", __doc__, dict(steps=5, batch_size=4, seq_len=128, lr=1e-4), sft_examples,
+                           "lm", minichatgpt_side, trl_side, "trl SFTTrainer",
+                           "; {data} data; batch {batch_size} x {seq_len} tokens, {steps} steps")
+build_parser, main = COMPARISON.build_parser, COMPARISON.main
 
 
 if __name__ == "__main__":

@@ -75,6 +75,20 @@ def test_compare_dpo(tmp_path, capsys):
     check_ratios(out, record, 1)
 
 
+@pytest.mark.skipif(not HAS_TRL, reason="trl is not installed (the GRPO peer)")
+def test_compare_grpo(tmp_path, capsys):
+    out, record = run("compare_grpo", ["--seq_len", "8", "--max_new_tokens", "4", "--num_generations", "2"],
+                      tmp_path, capsys)
+    check_ratios(out, record, 1)
+    for side in record["results"].values():
+        # 2 prompts x 2 samples: 8 prompt tokens each, plus each sampled token twice (1 to 4 of them, EOS included)
+        assert 4 * (8 + 2 * 1) <= side["tokens"] <= 4 * (8 + 2 * 4)
+
+
+def test_reward_is_the_share_of_the_letter_e():
+    assert load("compare_grpo").letter_e_reward(["p", "p", "p"], ["eve", "", "xyz"]) == [2 / 3, 0.0, 0.0]
+
+
 def test_compare_generate(tmp_path, capsys):
     out, record = run("compare_generate", ["--seq_len", "6", "--max_new_tokens", "4"], tmp_path, capsys)
     check_ratios(out, record, 4)  # against HF generate and HF generate + logprobs, greedy and sampling
@@ -106,7 +120,8 @@ def test_compare_ppo(tmp_path, capsys):
 
 def test_missing_peers_are_skipped_cleanly(tmp_path, capsys, monkeypatch):
     load("compare_sft")
-    monkeypatch.setattr(load("compare_common"), "version_of", lambda package: None)
+    for module in ("compare_common", "compare_trl"):  # compare_trl decides whether TRL's side runs
+        monkeypatch.setattr(load(module), "version_of", lambda package: None)
     out, record = run("compare_sft", ["--seq_len", "12"], tmp_path, capsys)
     assert "skipped trl SFTTrainer: trl is not installed" in out
     check_ratios(out, record, 0)

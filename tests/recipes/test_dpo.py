@@ -71,15 +71,14 @@ def test_sigkill_then_resume_is_bit_identical(tiny_model_dirs, tmp_path):
     assert_identical(broken, whole)
 
 
-@pytest.mark.slow
-@pytest.mark.distributed
-@pytest.mark.parametrize("strategy", ["ddp", "fsdp", "deepspeed_zero2", "deepspeed_zero3"])
-@pytest.mark.parametrize("command,extra", [
-    ("dpo", ["--max_datasets_size", "32", "--batch_size", "8", "--eval_ratio", "0.25"]),
-    ("grpo", ["--reward_fn", "minichatgpt.demo:hidden_rule_reward", "--max_datasets_size", "16",
-              "--experience_batch_size", "4", "--train_batch_size", "8", "--max_new_tokens", "6"])])
-def test_under_torchrun(strategy, command, extra, tiny_model_dirs, tmp_path):
-    """Two gloo processes: the run finishes, rank 0 alone writes metrics and the model."""
+DPO_RUN = ["--max_datasets_size", "32", "--batch_size", "8", "--eval_ratio", "0.25"]
+GRPO_RUN = ["--reward_fn", "minichatgpt.demo:hidden_rule_reward", "--max_datasets_size", "16", "--experience_batch_size",
+            "4", "--train_batch_size", "8", "--max_new_tokens", "6"]
+
+
+def run_torchrun(command: str, strategy: str, model_dir: str, save_path, extra) -> list:
+    """``minichatgpt COMMAND`` on two gloo processes; its metrics rows, once it has finished and rank 0 alone
+    has written the metrics and the model."""
     import json
     import subprocess
 
@@ -90,9 +89,38 @@ def test_under_torchrun(strategy, command, extra, tiny_model_dirs, tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore", DS_ACCELERATOR="cpu")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
            "--master_port", str(free_port()), "-m", "minichatgpt.cli", command, "--strategy", strategy, "--pretrain",
-           tiny_model_dirs["gpt2"], "--save_path", str(tmp_path), "--log_interval", "1", *extra]
+           model_dir, "--save_path", str(save_path), "--log_interval", "1", *extra]
     result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=400)
     assert result.returncode == 0, result.stderr[-3000:]
-    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (save_path / "metrics.jsonl").read_text().splitlines()]
     assert rows and len({json.dumps(r) for r in rows}) == len(rows)
-    assert (tmp_path / "model.safetensors").exists()
+    assert (save_path / "model.safetensors").exists()
+    return rows
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp", "deepspeed_zero2", "deepspeed_zero3"])
+@pytest.mark.parametrize("command,extra", [("dpo", DPO_RUN), ("grpo", GRPO_RUN)])
+def test_under_torchrun(strategy, command, extra, tiny_model_dirs, tmp_path):
+    """Two gloo processes: the run finishes, rank 0 alone writes metrics and the model."""
+    run_torchrun(command, strategy, tiny_model_dirs["gpt2"], tmp_path, extra)
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+@pytest.mark.parametrize("strategy", ["fsdp", "deepspeed_zero2", "deepspeed_zero3"])
+@pytest.mark.parametrize("command,extra", [
+    ("dpo", DPO_RUN + ["--reference", "adapters_off", "--lr", "1e-2"]),
+    ("grpo", GRPO_RUN + ["--kl_coef", "0.5", "--actor_lr", "1e-2"])])
+def test_lora_with_adapters_off_reference_under_torchrun(strategy, command, extra, tiny_model_dirs, tmp_path):
+    """LoRA with the policy's adapters-off base as the reference (DPO's ``--reference adapters_off``; GRPO
+    builds no reference model with LoRA) on two gloo processes: the run finishes, the adapters moved the
+    policy away from its reference (a non-zero KL / log-ratio), and the saved model is the merged one."""
+    rows = run_torchrun(command, strategy, tiny_model_dirs["gpt2"], tmp_path, ["--lora_rank", "4", *extra])
+    assert "adapter" in os.listdir(tmp_path)
+    before = load_file(os.path.join(tiny_model_dirs["gpt2"], "model.safetensors"))
+    after = load_file(str(tmp_path / "model.safetensors"))
+    assert any(not torch.equal(before[k], after[k]) for k in after if k in before)
+    moved = [r for r in rows if abs(r.get("kl", r.get("chosen_reward", 0.0))) > 0]
+    assert moved, rows
