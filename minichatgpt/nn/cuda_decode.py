@@ -100,6 +100,18 @@ def resolve_decode(decode: str, model: nn.Module, device: torch.device, synced: 
     return decode
 
 
+def _warm_up(forward: Callable[[], torch.Tensor]) -> torch.Tensor:
+    """Run ``forward`` once on a side stream, so that lazy initializations (cuBLAS handles and workspaces,
+    kernel selection) happen before a capture, as CUDA graphs require; returns its output."""
+    main, side = torch.cuda.current_stream(), torch.cuda.Stream()
+    side.wait_stream(main)
+    with torch.cuda.stream(side):
+        logits = forward()
+    main.wait_stream(side)
+    logits.record_stream(main)  # read on the main stream: the allocator must not hand it out before
+    return logits
+
+
 def _capture(forward: Callable[[], torch.Tensor]) -> Tuple[torch.cuda.CUDAGraph, torch.Tensor]:
     """Record ``forward``'s kernels in a CUDA graph (nothing runs); returns the graph and its output buffer.
 
@@ -147,24 +159,20 @@ class StaticDecoder:
         return out.logits[:, -1].float()
 
     def _warm_up_and_capture(self) -> torch.Tensor:
-        """The first step, eagerly on a side stream (lazy initializations happen outside the capture, as
-        CUDA graphs require), then the capture of the next steps; falls back to eager steps if it fails."""
-        main, side = torch.cuda.current_stream(), torch.cuda.Stream()
-        side.wait_stream(main)
-        with torch.cuda.stream(side):
-            logits = self._forward()
-        main.wait_stream(side)
-        logits.record_stream(main)  # read on the main stream: the allocator must not hand it out before
+        """The first step eagerly, as the warm-up, then the capture of the next steps; with a failed capture
+        the steps stay eager (``strict``: raise)."""
+        logits = _warm_up(self._forward)
         try:
             self.graph, self.logits = _capture(self._forward)
         except RuntimeError as error:
             self.use_graph = False
-            _FAILED_CAPTURES.add(model_type(self.model))
+            name = model_type(self.model)
+            _FAILED_CAPTURES.add(name)
             if self.strict:
-                raise RuntimeError(f"CUDA graph capture of the {model_type(self.model)!r} decode step failed: "
-                                   f"{error}; use decode='static' or 'dynamic'") from error
-            warnings.warn(f"CUDA graph capture of the {model_type(self.model)!r} decode step failed ({error}); "
-                          "decoding eagerly, and dynamically from now on")
+                raise RuntimeError(f"CUDA graph capture of the {name!r} decode step failed: {error}; use "
+                                   "decode='static' or 'dynamic'") from error
+            warnings.warn(f"CUDA graph capture of the {name!r} decode step failed ({error}); decoding eagerly, "
+                          "and dynamically from now on")
         return logits
 
     def step(self, token: torch.Tensor, running: torch.Tensor) -> torch.Tensor:
