@@ -13,6 +13,11 @@ addresses, hence the design:
 * a finished row is not removed from the batch: it is fed pad and masked, and its output is ignored.
   Every row is computed until all have finished, the price of fixed shapes.
 
+The graph is captured by hand (``torch.cuda.CUDAGraph``) rather than through ``torch.compile(mode=
+"reduce-overhead")``: no compilation (a capture costs about one eager step per call, against seconds to
+minutes of Inductor), and no recompilation when the prompt length or batch size changes between rollout
+batches, since each call captures its own shapes.
+
 Modes (``DECODE_MODES``): ``dynamic`` (generate()'s loop), ``static`` (this cache, eager steps; runs on the
 CPU, which is how the tests check it), ``cuda_graph`` (this cache, the first step eager as the warm-up,
 the next ones replayed from a graph captured after it) and ``auto``: ``cuda_graph`` for an unsharded model
@@ -100,19 +105,19 @@ def resolve_decode(decode: str, model: nn.Module, device: torch.device, synced: 
     return decode
 
 
-def _warm_up(forward: Callable[[], torch.Tensor]) -> torch.Tensor:
-    """Run ``forward`` once on a side stream, so that lazy initializations (cuBLAS handles and workspaces,
-    kernel selection) happen before a capture, as CUDA graphs require; returns its output."""
-    main, side = torch.cuda.current_stream(), torch.cuda.Stream()
+def _warm_up(forward: Callable[[], torch.Tensor], device: torch.device) -> torch.Tensor:
+    """Run ``forward`` once on a side stream of ``device``, so that lazy initializations (cuBLAS handles and
+    workspaces, kernel selection) happen before a capture, as CUDA graphs require; returns its output."""
+    main, side = torch.cuda.current_stream(device), torch.cuda.Stream(device)
     side.wait_stream(main)
-    with torch.cuda.stream(side):
+    with torch.cuda.device(device), torch.cuda.stream(side):
         logits = forward()
     main.wait_stream(side)
     logits.record_stream(main)  # read on the main stream: the allocator must not hand it out before
     return logits
 
 
-def _capture(forward: Callable[[], torch.Tensor]) -> Tuple[torch.cuda.CUDAGraph, torch.Tensor]:
+def _capture(forward: Callable[[], torch.Tensor], device: torch.device) -> Tuple[torch.cuda.CUDAGraph, torch.Tensor]:
     """Record ``forward``'s kernels in a CUDA graph (nothing runs); returns the graph and its output buffer.
 
     Autocast's weight-cast cache is turned off inside: casts cached during a capture would live in the
@@ -120,7 +125,7 @@ def _capture(forward: Callable[[], torch.Tensor]) -> Tuple[torch.cuda.CUDAGraph,
     graph = torch.cuda.CUDAGraph()
     autocast = (torch.autocast("cuda", dtype=torch.get_autocast_dtype("cuda"), cache_enabled=False)
                 if torch.is_autocast_enabled("cuda") else contextlib.nullcontext())
-    with autocast, torch.cuda.graph(graph, capture_error_mode="thread_local"):
+    with torch.cuda.device(device), autocast, torch.cuda.graph(graph, capture_error_mode="thread_local"):
         logits = forward()
     return graph, logits
 
@@ -161,9 +166,9 @@ class StaticDecoder:
     def _warm_up_and_capture(self) -> torch.Tensor:
         """The first step eagerly, as the warm-up, then the capture of the next steps; with a failed capture
         the steps stay eager (``strict``: raise)."""
-        logits = _warm_up(self._forward)
+        logits = _warm_up(self._forward, self.token.device)
         try:
-            self.graph, self.logits = _capture(self._forward)
+            self.graph, self.logits = _capture(self._forward, self.token.device)
         except RuntimeError as error:
             self.use_graph = False
             name = model_type(self.model)

@@ -10,8 +10,8 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from conftest import pad_left, tiny_config
-from minichatgpt.nn import Actor, generation
+from conftest import pad_left, policy_log_probs, tiny_config
+from minichatgpt.nn import Actor
 from minichatgpt.nn.generation import generate
 from minichatgpt.trainer.strategies import build_strategy
 
@@ -82,13 +82,7 @@ def test_graph_sampling_keeps_the_raw_policy_log_probs():
     ids, mask, eos_ids = prompts_and_eos(model)
     (rollout,) = rollouts(model, ids, mask, eos_ids, ["cuda_graph"], num_samples=2,
                           generator=torch.Generator("cuda").manual_seed(0))
-    A = rollout.action_mask.size(1)
-    position_ids = generation.position_ids_from_mask(rollout.attention_mask)
-    with torch.no_grad():
-        logits = model(input_ids=rollout.sequences, attention_mask=rollout.attention_mask,
-                       position_ids=position_ids).logits
-    expected = torch.log_softmax(logits[:, -A - 1:-1].float(), -1).gather(
-        -1, rollout.sequences[:, -A:].unsqueeze(-1)).squeeze(-1) * rollout.action_mask
+    expected = policy_log_probs(model, rollout)
     assert_close(rollout.log_probs, expected, atol=1e-4, rtol=1e-4)
 
 

@@ -10,25 +10,13 @@ import torch
 from torch.testing import assert_close
 from transformers import AutoModelForCausalLM, GPTNeoConfig, MistralConfig
 
-from conftest import FAMILIES
+from conftest import FAMILIES, policy_log_probs
 from minichatgpt.nn import Actor, cuda_decode, generation
 from minichatgpt.nn.cuda_decode import check_static_cache_support, resolve_decode
 from minichatgpt.nn.generation import generate
-from nn.test_generation_batching import MAX_NEW, PAD, left_padded, row_counter, spread_eos
+from nn.test_generation_batching import MAX_NEW, PAD, left_padded, row_counter, scaled_up, spread_eos
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
-
-
-def scaled_up(path):
-    """The tiny model at ``path`` with larger random weights, so that EOS ids can end its rows at different
-    steps."""
-    model = AutoModelForCausalLM.from_pretrained(path).eval()
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() >= 2:
-                p.normal_(0.0, 0.5)
-    return model
 
 
 @pytest.fixture(scope="module", params=FAMILIES)
@@ -87,14 +75,9 @@ def test_static_sampling_keeps_the_raw_policy_log_probs(model):
     eos_ids, _ = spread_eos(model, ids, mask)
     rollout = generate(model, ids, mask, MAX_NEW, eos_token_id=eos_ids, pad_token_id=PAD, num_samples=2,
                        generator=torch.Generator().manual_seed(0), decode="static")
-    A = rollout.action_mask.size(1)
-    kwargs = {"position_ids": generation.position_ids_from_mask(rollout.attention_mask)} \
-        if generation.accepts_position_ids(model) else {}
-    with torch.no_grad():
-        logits = model(input_ids=rollout.sequences, attention_mask=rollout.attention_mask, **kwargs).logits
-    expected = torch.log_softmax(logits[:, -A - 1:-1].float(), -1).gather(
-        -1, rollout.sequences[:, -A:].unsqueeze(-1)).squeeze(-1) * rollout.action_mask
+    expected = policy_log_probs(model, rollout)
     assert_close(rollout.log_probs, expected, atol=1e-5, rtol=1e-4)
+    A = rollout.action_mask.size(1)
     assert torch.all(rollout.sequences[:, -A:][rollout.action_mask == 0] == PAD)
 
 
@@ -120,39 +103,38 @@ class ReplayingGraph:
         type(self).replays += 1
 
 
-def test_graph_mode_replays_one_capture_from_static_buffers(graph_model, monkeypatch):
-    model = graph_model
+def on_a_stand_in_gpu(model, monkeypatch, capture):
+    """Prompts, EOS ids and the dynamic loop's greedy rollout; then generate() set to take the CUDA-graph
+    path on the CPU, with ``capture`` in place of the real capture and the warm-up on the current stream."""
     ids, mask = left_padded()
     eos_ids, _ = spread_eos(model, ids, mask)
     dynamic = greedy(model, ids, mask, eos_ids, decode="dynamic")
+    monkeypatch.setattr(cuda_decode, "_capture", capture)
+    monkeypatch.setattr(cuda_decode, "_warm_up", lambda forward, device: forward())
+    monkeypatch.setattr(cuda_decode, "_FAILED_CAPTURES", set())
+    monkeypatch.setattr(generation, "resolve_decode", lambda decode, *args: "cuda_graph")
+    return ids, mask, eos_ids, dynamic
 
-    def capture(forward):
-        logits = torch.empty(forward.__self__.token.size(0), model.get_output_embeddings().out_features)
+
+def test_graph_mode_replays_one_capture_from_static_buffers(graph_model, monkeypatch):
+    def capture(forward, device):
+        logits = torch.empty(forward.__self__.token.size(0), graph_model.get_output_embeddings().out_features)
         return ReplayingGraph(forward, logits), logits
 
-    monkeypatch.setattr(cuda_decode, "_capture", capture)
-    monkeypatch.setattr(cuda_decode, "_warm_up", lambda forward: forward())
-    monkeypatch.setattr(generation, "resolve_decode", lambda decode, *args: "cuda_graph")
+    ids, mask, eos_ids, dynamic = on_a_stand_in_gpu(graph_model, monkeypatch, capture)
     ReplayingGraph.captures = ReplayingGraph.replays = 0
-    graphed = greedy(model, ids, mask, eos_ids, decode="cuda_graph")
+    graphed = greedy(graph_model, ids, mask, eos_ids, decode="cuda_graph")
     assert_same_rollout(graphed, dynamic)
     A = graphed.action_mask.size(1)
     assert (ReplayingGraph.captures, ReplayingGraph.replays) == (1, A - 2)  # prefill, 1 eager step, replays
 
 
 def test_a_failed_capture_decodes_eagerly_under_auto_and_raises_when_asked_for(graph_model, monkeypatch):
-    model = graph_model
-    ids, mask = left_padded()
-    eos_ids, _ = spread_eos(model, ids, mask)
-    dynamic = greedy(model, ids, mask, eos_ids, decode="dynamic")
-
-    def failing(forward):
+    def failing(forward, device):
         raise RuntimeError("operation not permitted when stream is capturing")
 
-    monkeypatch.setattr(cuda_decode, "_capture", failing)
-    monkeypatch.setattr(cuda_decode, "_warm_up", lambda forward: forward())
-    monkeypatch.setattr(cuda_decode, "_FAILED_CAPTURES", set())
-    monkeypatch.setattr(generation, "resolve_decode", lambda decode, *args: "cuda_graph")
+    model = graph_model
+    ids, mask, eos_ids, dynamic = on_a_stand_in_gpu(model, monkeypatch, failing)
     with pytest.raises(RuntimeError, match=f"{model.config.model_type}.*decode='static' or 'dynamic'"):
         greedy(model, ids, mask, eos_ids, decode="cuda_graph")
     with pytest.warns(UserWarning, match="capture .* failed"):
