@@ -3,6 +3,7 @@
     OMP_NUM_THREADS=1 python benchmarks/compare_generate.py                # a few minutes on 1 thread
     OMP_NUM_THREADS=1 python benchmarks/compare_generate.py --steps 1 --repeats 1 --warmup 0 --data demo --seq_len 6
     OMP_NUM_THREADS=1 python benchmarks/compare_generate.py --modes group --seq_len 256 --max_new_tokens 64  # README
+    python benchmarks/compare_generate.py --device cuda --decode dynamic,cuda_graph --no_peer  # the GPU decode step
 
 One randomly initialized GPT-2 (loaded once, eval mode, float32) continues the same ``--batch_size``
 prompts of exactly ``--seq_len`` tokens (hh-rlhf prompts from ``../shared/data`` with the GPT-2 tokenizer,
@@ -12,6 +13,9 @@ Rows per mode:
 
 * ``minichatgpt generate``: the PPO rollout loop; it also returns each sampled token's log-probability
   under the raw policy (what the PPO ratio needs), gathered step by step;
+* ``minichatgpt generate static`` / ``cuda_graph`` (with ``--decode dynamic,static,cuda_graph``): the same
+  loop over a static KV cache that keeps every row until all have finished, eager or replayed from a CUDA
+  graph (``minichatgpt.nn.cuda_decode``); compared with HF and with the first ``--decode``;
 * ``HF generate``: ``model.generate`` returning token ids only (less work than a rollout needs);
 * ``HF generate + logprobs``: ``model.generate(output_logits=True, return_dict_in_generate=True)``, then
   ``log_softmax`` of the stacked raw logits gathered at the generated tokens: the same outputs as
@@ -45,6 +49,7 @@ from compare_common import (Side, Stopwatch, add_common_arguments, alternate, bu
                             model_description, prompt_examples, ratios, report, resolve_data, save_models, set_threads)
 
 MODES = ("greedy", "sample", "eos", "group")
+DECODES = ("dynamic", "static", "cuda_graph")  # generate(decode=...): see minichatgpt.nn.cuda_decode
 
 
 def response_tokens(sequences: torch.Tensor, prompt_len: int, eos_ids, pad_token_id: int) -> torch.Tensor:
@@ -66,8 +71,14 @@ def spread_eos_ids(vocab_size: int, eos_token_id: int, pad_token_id: int, share:
     return [eos_token_id] + extra
 
 
+def side_name(decode: str, mode: str) -> str:
+    """The row of minichatgpt's generate() with ``decode`` in ``mode`` (the dynamic loop keeps the plain name)."""
+    return f"minichatgpt generate{'' if decode == 'dynamic' else ' ' + decode} [{mode}]"
+
+
 def build_sides(args, model, prompts: torch.Tensor, eos_ids, pad_token_id: int, mode: str, outputs: dict):
-    """The sides of one decoding mode; ``outputs[name]`` keeps the last sequences for the greedy check.
+    """The sides of one decoding mode, (minichatgpt's, one per ``--decode``; the peers');
+    ``outputs[name]`` keeps the last sequences for the greedy check.
 
     ``eos`` and ``group`` sample with ``eos_ids`` (a list); ``group`` draws ``--group_size`` samples per
     prompt (minichatgpt: ``num_samples``, HF: ``num_return_sequences``)."""
@@ -93,10 +104,12 @@ def build_sides(args, model, prompts: torch.Tensor, eos_ids, pad_token_id: int, 
             return watch.timing(tokens)
         return Side(name, run)
 
-    def ours():
-        rollout = generate(model, prompts, attention_mask, args.max_new_tokens, eos, pad_token_id, num_samples=G,
-                           **sampling)
-        return rollout.sequences
+    def ours(decode):
+        def call():
+            rollout = generate(model, prompts, attention_mask, args.max_new_tokens, eos, pad_token_id,
+                               num_samples=G, decode=decode, **sampling)
+            return rollout.sequences
+        return call
 
     @torch.no_grad()
     def hf():
@@ -112,8 +125,18 @@ def build_sides(args, model, prompts: torch.Tensor, eos_ids, pad_token_id: int, 
         log_probs.sum()  # used, as the rollout's are
         return out.sequences
 
-    sides = [timed(f"minichatgpt generate [{mode}]", ours), timed(f"HF generate [{mode}]", hf)]
-    return sides if mode == "group" else sides + [timed(f"HF generate + logprobs [{mode}]", hf_logprobs)]
+    mine = [timed(side_name(decode, mode), ours(decode)) for decode in args.decode.split(",")]
+    peers = [timed(f"HF generate [{mode}]", hf)]
+    return mine, peers if mode == "group" else peers + [timed(f"HF generate + logprobs [{mode}]", hf_logprobs)]
+
+
+def greedy_notes(outputs: dict, decodes: List[str], no_peer: bool) -> List[str]:
+    """Whether each decode's greedy tokens equal HF generate's (the first decode's with ``no_peer``)."""
+    reference, label = (side_name(decodes[0], "greedy"), f"minichatgpt {decodes[0]}") if no_peer \
+        else ("HF generate [greedy]", "HF generate")
+    return [f"greedy tokens identical between minichatgpt{'' if d == 'dynamic' else ' ' + d} and {label}: "
+            f"{torch.equal(outputs[side_name(d, 'greedy')], outputs[reference])}"
+            for d in decodes if side_name(d, "greedy") != reference]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -124,6 +147,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--group_size", type=int, default=8, help="samples per prompt in the group mode")
     parser.add_argument("--eos_share", type=float, default=1 / 32,
                         help="share of the vocabulary that ends a row in the eos and group modes")
+    parser.add_argument("--decode", default="dynamic",
+                        help=f"comma-separated generate() decode modes to time, from {DECODES}; each is compared "
+                             "with the first and with the HF sides")
     return parser
 
 
@@ -131,9 +157,10 @@ def main(argv: Optional[List[str]] = None) -> dict:
     args = build_parser().parse_args(argv)
     set_threads(args.threads)
     args.data = data = resolve_data(args.data)
-    modes = args.modes.split(",")
-    if set(modes) - set(MODES):
-        raise SystemExit(f"unknown modes {sorted(set(modes) - set(MODES))}; choose from {MODES}")
+    modes, decodes = args.modes.split(","), args.decode.split(",")
+    for flag, given, known in (("--modes", modes, MODES), ("--decode", decodes, DECODES)):
+        if set(given) - set(known):
+            raise SystemExit(f"{flag}: unknown {sorted(set(given) - set(known))}; choose from {known}")
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
@@ -148,15 +175,13 @@ def main(argv: Optional[List[str]] = None) -> dict:
         model = AutoModelForCausalLM.from_pretrained(dirs.lm, dtype=torch.float32).to(args.device).eval()
     outputs, sides, pairs = {}, [], []
     for mode in modes:
-        mode_sides = build_sides(args, model, prompts, eos_ids, pad, mode, outputs)
-        mode_sides = mode_sides[:1] if args.no_peer else mode_sides
-        sides += mode_sides
-        pairs += [(mode_sides[0].name, side.name) for side in mode_sides[1:]]
+        mine, peers = build_sides(args, model, prompts, eos_ids, pad, mode, outputs)
+        peers = [] if args.no_peer else peers
+        sides += mine + peers
+        pairs += [(ours.name, peer.name) for ours in mine for peer in peers]
+        pairs += [(ours.name, mine[0].name) for ours in mine[1:]]
     results = alternate(sides, args.repeats, args.warmup)
-    notes = []
-    if "greedy" in modes and not args.no_peer:
-        same = torch.equal(outputs["minichatgpt generate [greedy]"], outputs["HF generate [greedy]"])
-        notes.append(f"greedy tokens identical between minichatgpt and HF generate: {same}")
+    notes = greedy_notes(outputs, decodes, no_peer=args.no_peer) if "greedy" in modes else []
     skipped = {"HF generate": "--no_peer"} if args.no_peer else {}
     header = (f"{model_description(args, dirs, len(tokenizer))}; {data} prompts; batch {args.batch_size} x "
               f"{args.seq_len} prompt tokens + {args.max_new_tokens} new tokens, {args.steps} calls per run; "

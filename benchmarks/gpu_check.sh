@@ -10,7 +10,8 @@
 #
 # Steps, each under `timeout` (seconds): install with `pip install --no-deps` (the requirement floors admit
 # the machine's versions), the tests marked `gpu`, PPO on the `s` preset in bf16 with and without LoRA,
-# SFT and RM benchmarks on `s` in bf16, and rollout generation against Hugging Face `generate`. Each step
+# SFT and RM benchmarks on `s` in bf16, rollout generation against Hugging Face `generate`, and the decode
+# step replayed from a CUDA graph (`generate(decode="cuda_graph")`) against the dynamic loop and HF. Each step
 # appends {"step", "rc", "seconds", "command"} to OUT/gpu_check.jsonl; the benchmarks append their own records
 # to OUT/<benchmark>.jsonl and their output to OUT/<step>.log. A failing step does not stop the others.
 set -u
@@ -42,16 +43,19 @@ PPO="--model s --strategy naive --precision bf16 --num_episodes 1 --max_timestep
 --max_epochs 1 --experience_batch_size 16 --train_batch_size 8 --max_input_len 256 --max_new_tokens 128"
 SUP="--model s --strategy naive --precision bf16 --batch_size 8 --seq_len 512 --steps 8 --warmup_steps 2"
 
-# name|seconds|command (total 470 s, within the 8 minutes with start-up to spare)
+# name|seconds|command (total 475 s, within the 8 minutes with start-up to spare)
 STEPS=(
-  "install|60|$INSTALL"
+  "install|40|$INSTALL"
   "pytest_gpu|100|$PY -m pytest -m gpu -q -p no:cacheprovider --junitxml=$OUT_DIR/pytest_gpu.xml $ROOT/tests"
   "ppo_bf16|80|$PY $B/benchmark_gpt_dummy.py $PPO --results $OUT_DIR/gpt_dummy.jsonl"
   "ppo_bf16_lora|80|$PY $B/benchmark_gpt_dummy.py $PPO --lora_rank 8 --results $OUT_DIR/gpt_dummy.jsonl"
-  "sft_bf16|50|$PY $B/benchmark_sft.py $SUP --results $OUT_DIR/sft.jsonl"
-  "rm_bf16|50|$PY $B/benchmark_rm.py $SUP --results $OUT_DIR/rm.jsonl"
+  "sft_bf16|45|$PY $B/benchmark_sft.py $SUP --results $OUT_DIR/sft.jsonl"
+  "rm_bf16|45|$PY $B/benchmark_rm.py $SUP --results $OUT_DIR/rm.jsonl"
   "generate|50|$PY $B/compare_generate.py --device cuda --data demo --n_layer 12 --n_embd 768 --n_head 12 \
 --batch_size 16 --seq_len 128 --max_new_tokens 128 --steps 2 --repeats 2 --threads 4 --results $OUT_DIR/generate.jsonl"
+  "generate_graph|35|$PY $B/compare_generate.py --device cuda --data demo --n_layer 12 --n_embd 768 --n_head 12 \
+--batch_size 16 --seq_len 128 --max_new_tokens 64 --modes greedy,eos --decode dynamic,cuda_graph --steps 1 --repeats 2 \
+--threads 4 --results $OUT_DIR/generate_graph.jsonl"
 )
 
 if [ "$DRY_RUN" = 1 ]; then

@@ -68,3 +68,17 @@ def tiny_model_dirs(tmp_path_factory, word_tokenizer):
 
 def requires_shared(path: str):
     return pytest.mark.skipif(not os.path.exists(path), reason=f"{path} is absent (shared/ is not in a fresh clone)")
+
+
+def policy_log_probs(model, rollout) -> torch.Tensor:
+    """(B, A) log-probs of a rollout's response tokens recomputed by one forward over its whole sequences
+    (positions counting real tokens only), zero past each response's end: what generate() must return."""
+    from minichatgpt.nn import generation
+
+    A = rollout.action_mask.size(1)
+    kwargs = {"position_ids": generation.position_ids_from_mask(rollout.attention_mask)} \
+        if generation.accepts_position_ids(model) else {}
+    with torch.no_grad():
+        logits = model(input_ids=rollout.sequences, attention_mask=rollout.attention_mask, **kwargs).logits
+    return torch.log_softmax(logits[:, -A - 1:-1].float(), -1).gather(
+        -1, rollout.sequences[:, -A:].unsqueeze(-1)).squeeze(-1) * rollout.action_mask

@@ -13,6 +13,7 @@ import torch
 import torch.nn as nn
 
 from ..functional import log_probs_from_logits
+from .cuda_decode import StaticDecoder, resolve_decode
 
 
 class Rollout(NamedTuple):
@@ -149,7 +150,7 @@ def _rollout(input_ids: torch.Tensor, attention_mask: torch.Tensor, tokens: list
 def generate(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int,
              eos_token_id: Union[int, Sequence[int]], pad_token_id: int, do_sample: bool = True,
              temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, generator: Optional[torch.Generator] = None,
-             synced: bool = False, num_samples: int = 1) -> Rollout:
+             synced: bool = False, num_samples: int = 1, decode: str = "auto") -> Rollout:
     """Sample up to ``max_new_tokens`` tokens per row from a causal LM, reusing the KV cache.
 
     Rows end at their first ``eos_token_id`` (an id, or several); generation stops once all have. The
@@ -168,7 +169,22 @@ def generate(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Te
             number of steps; a rank whose rows have all finished keeps one (ignored) row running.
         num_samples: G responses per prompt. The prompt runs once and its KV cache is repeated G times;
             the Rollout has B * G rows, the G samples of a prompt adjacent (``repeat_interleave`` order).
+        decode: ``dynamic`` (this loop), ``static`` (a static KV cache that keeps every row until all have
+            finished), ``cuda_graph`` (the same, each step replayed from a CUDA graph) or ``auto``: ``cuda_graph``
+            for a CUDA model that supports it, else ``dynamic``. See :mod:`minichatgpt.nn.cuda_decode`.
     """
+    mode = resolve_decode(decode, model, input_ids.device, synced)
+    if mode != "dynamic":
+        return _generate_static(model, input_ids, attention_mask, max_new_tokens, eos_token_id, pad_token_id,
+                                do_sample, temperature, top_k, top_p, generator, synced, num_samples,
+                                use_graph=mode == "cuda_graph", strict=decode == "cuda_graph")
+    return _generate_dynamic(model, input_ids, attention_mask, max_new_tokens, eos_token_id, pad_token_id, do_sample,
+                             temperature, top_k, top_p, generator, synced, num_samples)
+
+
+def _generate_dynamic(model, input_ids, attention_mask, max_new_tokens, eos_token_id, pad_token_id, do_sample,
+                      temperature, top_k, top_p, generator, synced, num_samples) -> Rollout:
+    """generate()'s default loop over a dynamic KV cache, from which finished rows leave."""
     was_training = model.training
     model.eval()
     use_position_ids = accepts_position_ids(model)
@@ -205,3 +221,34 @@ def generate(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Te
 
     model.train(was_training)
     return _rollout(input_ids, attention_mask, tokens, masks, log_probs)
+
+
+def _generate_static(model, input_ids, attention_mask, max_new_tokens, eos_token_id, pad_token_id, do_sample,
+                     temperature, top_k, top_p, generator, synced, num_samples, use_graph, strict) -> Rollout:
+    """generate() over a static KV cache: every row is computed until all have finished (a finished row is
+    fed pad under a 0 mask), each step replayed from a CUDA graph with ``use_graph``. When sampling, every
+    row draws at every step, so a seeded ``generator`` gives other draws than the dynamic loop's."""
+    was_training = model.training
+    model.eval()
+    keep = {"logits_to_keep": 1} if accepts_logits_to_keep(model) else {}
+    use_position_ids, cache_name = accepts_position_ids(model), cache_argument(model)
+    logits, cache, input_ids, prompt_mask, next_position = _prefill(model, input_ids, attention_mask, num_samples,
+                                                                    keep, use_position_ids, cache_name)
+    decoder = StaticDecoder(model, cache, prompt_mask, next_position if use_position_ids else None, max_new_tokens,
+                            keep, cache_name, use_graph, strict)
+    del cache  # copied into the static cache
+    eos = torch.as_tensor(eos_token_id, device=input_ids.device)
+    finished = torch.zeros(input_ids.size(0), dtype=torch.bool, device=input_ids.device)  # (N,)
+    tokens, log_probs, masks = [], [], []
+    for step in range(max_new_tokens):
+        token = sample_tokens(logits, temperature, top_k, top_p, generator) if do_sample else logits.argmax(-1)
+        token = token.masked_fill(finished, pad_token_id)  # (N,)
+        tokens.append(token)
+        log_probs.append(log_probs_from_logits(logits, token))
+        masks.append((~finished).long())
+        finished = finished | torch.isin(token, eos)
+        if _all_finished(finished, synced) or step == max_new_tokens - 1:
+            break
+        logits = decoder.step(token, masks[-1])
+    model.train(was_training)
+    return _rollout(input_ids, prompt_mask, tokens, masks, log_probs)

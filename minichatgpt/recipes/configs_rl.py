@@ -6,6 +6,8 @@ from typing import Any, Dict, Optional
 
 from ..config import LENGTH, NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, UsageError, option
 from ..functional_rl import ADVANTAGE_ESTIMATORS, AGGREGATIONS, PREFERENCE_LOSSES
+from ..nn.cuda_decode import DECODE_MODES
+from ..trainer.configs import DECODE, DECODE_HELP
 from ..trainer.dpo import REFERENCES
 from .configs import TOP_P, RunConfig, SupervisedConfig
 from .placement import ActorPlacement, check_placement
@@ -68,6 +70,7 @@ class GRPOConfig(RunConfig, RewardFunctionFields, ActorPlacement):
     temperature: float = option(1.0, "sampling temperature", rule=POSITIVE)
     top_k: int = option(0, "sample from the k most likely tokens (0: all)", rule=NON_NEGATIVE_INT)
     top_p: float = option(1.0, "nucleus sampling mass", rule=TOP_P)
+    decode: str = option("auto", DECODE_HELP, choices=DECODE_MODES, rule=DECODE)
 
     def check(self) -> None:
         super().check()

@@ -60,7 +60,7 @@ def run(args: GRPOConfig) -> dict:
                           max_grad_norm=args.max_grad_norm, callbacks=[logged] if logged else [],
                           checkpoint=checkpoint, save_interval=args.save_interval,
                           max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-                          top_p=args.top_p)
+                          top_p=args.top_p, decode=args.decode)
     try:
         metrics = trainer.fit(loader, num_episodes=args.num_episodes, resume_from=resume)
     finally:

@@ -8,9 +8,17 @@ arguments of the original project's constructor, which override the config's fie
 import dataclasses
 from typing import Any, Dict, Optional, Tuple, TypeVar
 
+import torch
+
 from ..config import NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, TOP_P, UNIT, option
+from ..nn.cuda_decode import DECODE_MODES
 
 C = TypeVar("C")
+DECODE = ("one of auto, dynamic, static (cuda_graph needs a CUDA device)",
+          lambda v: v != "cuda_graph" or torch.cuda.is_available())
+DECODE_HELP = ("rollout decode loop: dynamic (finished rows leave the batch), static (a static KV cache), cuda_graph "
+               "(static, each step replayed from a CUDA graph; GPU only), auto (cuda_graph on a GPU when the model "
+               "supports it, else dynamic)")
 
 
 @dataclasses.dataclass
@@ -62,6 +70,7 @@ class PPOTrainerConfig(TrainingConfig):
     top_k: int = option(0, "sample from the k most likely tokens (0: all)", rule=NON_NEGATIVE_INT)
     top_p: float = option(1.0, "nucleus sampling mass", rule=TOP_P)
     greedy: bool = option(False, "greedy rollouts instead of sampling")
+    decode: str = option("auto", DECODE_HELP, choices=DECODE_MODES, rule=DECODE)
 
 
 def _spellings(cls) -> Dict[str, str]:

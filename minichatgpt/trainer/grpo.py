@@ -32,7 +32,8 @@ from .utils import fresh_iterator, set_sampler_epoch, skip_batches, to_device
 # The choice each paper makes: (KL as "loss" term or in the "reward", loss aggregation).
 ALGO_DEFAULTS = {"grpo": ("loss", "sequence"), "dr_grpo": ("loss", "constant"), "rloo": ("reward", "token"),
                  "reinforce_pp": ("reward", "token")}
-GENERATE_KWARGS = ("max_new_tokens", "do_sample", "temperature", "top_k", "top_p", "eos_token_id", "pad_token_id")
+GENERATE_KWARGS = ("max_new_tokens", "do_sample", "temperature", "top_k", "top_p", "eos_token_id", "pad_token_id",
+                   "decode")
 RewardFn = Callable[[List[str], List[str], Dict[str, list]], torch.Tensor]
 
 
@@ -67,7 +68,7 @@ class GRPOTrainer:
         kl_mode, loss_aggregation: ``"auto"`` takes the algorithm's own choice (``ALGO_DEFAULTS``).
         checkpoint, save_interval: a ``CheckpointManager`` and the rollout batches between checkpoints
             (weights, optimizer, schedule, RNG and prompt position: a resumed run continues exactly).
-        **generate_kwargs: ``max_new_tokens``, ``do_sample``, ``temperature``, ``top_k``, ``top_p``.
+        **generate_kwargs: ``max_new_tokens``, ``do_sample``, ``temperature``, ``top_k``, ``top_p``, ``decode``.
     """
 
     def __init__(self, actor: nn.Module, strategy: Strategy, optim: Optimizer, reward_fn: Optional[RewardFn] = None,

@@ -35,7 +35,7 @@ def generation_arguments(config: PPOTrainerConfig, extra: dict, tokenizer, gener
     (every end-of-turn id: EOS, the chat template's terminator, the generation config's EOS ids) unless
     given, ``max_length`` (prompt included) instead of ``max_new_tokens`` when given."""
     kwargs = dict(do_sample=not config.greedy, temperature=config.temperature, top_k=config.top_k,
-                  top_p=config.top_p, **extra)
+                  top_p=config.top_p, decode=config.decode, **extra)
     kwargs["max_length" if "max_length" in extra else "max_new_tokens"] = extra.get("max_length",
                                                                                     config.max_new_tokens)
     if tokenizer is not None:

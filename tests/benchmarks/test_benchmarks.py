@@ -120,8 +120,10 @@ def test_gpu_check_dry_run_prints_the_plan_within_eight_minutes(tmp_path):
                             env=dict(os.environ, OUT=""))
     assert result.returncode == 0, result.stderr
     steps = [line.split()[0] for line in result.stdout.splitlines()[1:-1]]
-    assert steps == ["install", "pytest_gpu", "ppo_bf16", "ppo_bf16_lora", "sft_bf16", "rm_bf16", "generate"]
+    assert steps == ["install", "pytest_gpu", "ppo_bf16", "ppo_bf16_lora", "sft_bf16", "rm_bf16", "generate",
+                     "generate_graph"]
     assert "--no-deps" in result.stdout and "-m gpu" in result.stdout and str(tmp_path) in result.stdout
+    assert "--decode dynamic,cuda_graph" in result.stdout.splitlines()[-2]  # the CUDA-graph decode step
     assert int(result.stdout.splitlines()[-1].split(":")[1].strip().rstrip("s")) <= 8 * 60
     assert not any(tmp_path.iterdir())  # a dry run writes nothing
 

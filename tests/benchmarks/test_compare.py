@@ -129,3 +129,13 @@ def test_missing_peers_are_skipped_cleanly(tmp_path, capsys, monkeypatch):
                                       str(tmp_path / "no-such-python")], tmp_path / "ppo", capsys)
     assert "skipped trl PPOTrainer: --peer_python" in out
     check_ratios(out, record, 0)
+
+
+def test_compare_generate_times_each_decode_mode_against_the_first_and_hf(tmp_path, capsys):
+    out, record = run("compare_generate", ["--seq_len", "6", "--max_new_tokens", "4", "--modes", "greedy",
+                                           "--decode", "dynamic,static"], tmp_path, capsys)
+    check_ratios(out, record, 5)  # each decode against the two HF sides, static against dynamic
+    assert "minichatgpt generate static [greedy]" in record["results"]
+    assert "greedy tokens identical between minichatgpt static and HF generate: True" in out
+    with pytest.raises(SystemExit, match="--decode: unknown \\['eager'\\]"):
+        load("compare_generate").main(["--decode", "dynamic,eager"])

@@ -10,7 +10,7 @@ import torch
 from torch.testing import assert_close
 from transformers import AutoModelForCausalLM
 
-from conftest import FAMILIES, pad_left
+from conftest import FAMILIES, pad_left, policy_log_probs
 from minichatgpt.nn import generation
 from minichatgpt.nn.generation import generate
 
@@ -58,17 +58,21 @@ def keep_every_row(monkeypatch):
     monkeypatch.setattr(generation, "_surviving", lambda live, finished, keep_one: None)
 
 
-@pytest.fixture(scope="module", params=FAMILIES)
-def model(request, tiny_model_dirs):
-    """The tiny model with larger random weights: at the default scale it mostly repeats the last prompt
-    token, so no choice of EOS would end its rows at different steps."""
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dirs[request.param]).eval()
+def scaled_up(path):
+    """The tiny model at ``path`` with larger random weights: at the default scale it mostly repeats the last
+    prompt token, so no choice of EOS would end its rows at different steps."""
+    model = AutoModelForCausalLM.from_pretrained(path).eval()
     torch.manual_seed(0)
     with torch.no_grad():
         for p in model.parameters():
             if p.dim() >= 2:
                 p.normal_(0.0, 0.5)
     return model
+
+
+@pytest.fixture(scope="module", params=FAMILIES)
+def model(request, tiny_model_dirs):
+    return scaled_up(tiny_model_dirs[request.param])
 
 
 def test_rows_ending_at_spread_out_steps_match_hf_and_the_batch_that_keeps_every_row(model, monkeypatch):
@@ -118,13 +122,7 @@ def test_sampled_groups_keep_the_raw_policy_log_probs(model):
     eos_ids, _ = spread_eos(model, ids, mask)
     rollout = generate(model, ids, mask, MAX_NEW, eos_token_id=eos_ids, pad_token_id=PAD, num_samples=2,
                        generator=torch.Generator().manual_seed(0))
-    A = rollout.action_mask.size(1)
-    kwargs = {"position_ids": generation.position_ids_from_mask(rollout.attention_mask)} \
-        if generation.accepts_position_ids(model) else {}
-    with torch.no_grad():
-        logits = model(input_ids=rollout.sequences, attention_mask=rollout.attention_mask, **kwargs).logits
-    expected = torch.log_softmax(logits[:, -A - 1:-1].float(), -1).gather(
-        -1, rollout.sequences[:, -A:].unsqueeze(-1)).squeeze(-1) * rollout.action_mask
+    expected = policy_log_probs(model, rollout)
     assert_close(rollout.log_probs, expected, atol=1e-5, rtol=1e-4)
     assert torch.equal(rollout.sequences[:, :ids.size(1)], ids.repeat_interleave(2, 0))
 

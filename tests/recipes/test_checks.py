@@ -372,3 +372,14 @@ def test_fuzz_command_lines(command, files, capsys):
         check_fuzzed(command, argv, capsys)
 
     run()
+
+
+@pytest.mark.parametrize("command", ["ppo", "grpo"])
+def test_decode_flag_choices_and_cuda_graph_without_a_gpu(command, monkeypatch):
+    assert check_command(command, ["--decode", "static"]).decode == "static"
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    assert usage_error(command, ["--decode", "cuda_graph"]).startswith("--decode must be one of auto, dynamic, "
+                                                                        "static (cuda_graph needs a CUDA device)")
+    with pytest.raises(SystemExit) as exit_:
+        check_command(command, ["--decode", "eager"])
+    assert exit_.value.code == 2

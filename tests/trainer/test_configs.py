@@ -59,3 +59,15 @@ def test_sft_trainer_takes_a_config(tiny_model_dirs):
     trainer = SFTTrainer(model, NaiveStrategy("cpu"), optim, config=SFTConfig(accumulation_steps=3, max_epochs=2),
                          accimulation_steps=4, checkpoint=None)
     assert (trainer.accumulation_steps, trainer.max_epochs) == (4, 2)
+
+
+def test_the_decode_field_reaches_the_rollouts(tiny_model_dirs, word_tokenizer, monkeypatch):
+    trainer = build_ppo(tiny_model_dirs, word_tokenizer, PPOConfig(decode="static", max_new_tokens=3))
+    assert trainer.generate_kwargs["decode"] == "static"
+    assert build_ppo(tiny_model_dirs, word_tokenizer).generate_kwargs["decode"] == "auto"
+    seen = []
+    monkeypatch.setattr("minichatgpt.nn.generation.resolve_decode", lambda decode, *args: seen.append(decode) or
+                        "dynamic")
+    ids = torch.tensor([[5, 6, 7]])
+    trainer.make_experience({"input_ids": ids, "attention_mask": torch.ones_like(ids)})
+    assert seen == ["static"]
