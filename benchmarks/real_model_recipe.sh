@@ -14,23 +14,26 @@
 # The pairs (instruction_data_with_preference.json) are cut into disjoint parts by prompt with
 # `minichatgpt eval --split` (tested in tests/evaluation/test_split.py): proxy, gold, heldout.
 #
-# usage: benchmarks/real_model_recipe.sh [--smoke] [--out DIR]
+# usage: benchmarks/real_model_recipe.sh [--smoke] [--resume] [--out DIR]
 #   --smoke   seconds-size stages (a handful of records and steps): checks that the recipe runs end to end
+#   --resume  keep the stages OUT/stages.tsv already records (same sizes) and run the others
 #   --out     output directory (default outputs/real_model_recipe, or outputs/real_model_recipe_smoke)
 # Environment: SHARED (default ../shared, relative to the repository root), PYTHON (default python),
 #   PRECISION (default bf16: every training stage computes in bf16 with float32 masters, about 2x faster here).
 # Writes OUT/stages.tsv (wall time and peak resident memory of each stage) and OUT/eval/{results.json,
-# report.md, report.png}. The full size is meant to take about an hour on 2 CPU cores.
+# report.md, report.png}. The full size took about 70 minutes on 2 shared CPU cores (README, "Evaluating models").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 SMOKE=0
+RESUME=0
 OUT=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --smoke) SMOKE=1; shift ;;
+    --resume) RESUME=1; shift ;;
     --out) OUT="$2"; shift 2 ;;
-    -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
     *) echo "real_model_recipe.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -51,6 +54,7 @@ if [ "$SMOKE" = 1 ]; then
   PARTS="proxy=8,gold=8,heldout=4"
   SFT_SIZE=8; MAX_LEN=64; LORA=4; LOG=1
   PPO_SIZE="--num_episodes 1 --max_timesteps 1 --update_timesteps 1 --experience_batch_size 2 --train_batch_size 2 --max_epochs 1"
+  GOLD_SIZE=8
   DPO_SIZE=8
   GRPO_SIZE="--num_episodes 1 --max_datasets_size 2 --experience_batch_size 2 --train_batch_size 4 --num_samples_per_prompt 2"
   NEW_TOKENS=8; EVAL_PROMPTS=4; DOCS=2; BATCH=4
@@ -58,19 +62,23 @@ else
   OUT=${OUT:-outputs/real_model_recipe}
   PARTS="proxy=300,gold=600,heldout=200"
   SFT_SIZE=320; MAX_LEN=192; LORA=16; LOG=5
-  PPO_SIZE="--num_episodes 8 --max_timesteps 2 --update_timesteps 2 --experience_batch_size 8 --train_batch_size 8 --max_epochs 2"
-  DPO_SIZE=300
-  GRPO_SIZE="--num_episodes 1 --max_datasets_size 64 --experience_batch_size 4 --train_batch_size 8 --num_samples_per_prompt 4"
-  NEW_TOKENS=48; EVAL_PROMPTS=100; DOCS=20; BATCH=8
+  GOLD_SIZE=400
+  PPO_SIZE="--num_episodes 4 --max_timesteps 2 --update_timesteps 2 --experience_batch_size 8 --train_batch_size 8 --max_epochs 2"
+  DPO_SIZE=96
+  GRPO_SIZE="--num_episodes 1 --max_datasets_size 24 --experience_batch_size 4 --train_batch_size 8 --num_samples_per_prompt 4"
+  NEW_TOKENS=48; EVAL_PROMPTS=64; DOCS=10; BATCH=8
 fi
 mkdir -p "$OUT"
 STAGES="$OUT/stages.tsv"
-printf "stage\twall_s\tpeak_rss_mb\n" > "$STAGES"
+[ "$RESUME" = 1 ] && [ -f "$STAGES" ] || printf "stage\twall_s\tpeak_rss_mb\n" > "$STAGES"
 
 # stage NAME COMMAND...: run one stage, append its wall time and peak resident memory to stages.tsv.
 # Without GNU time (/usr/bin/time), the wall time only.
 stage() {
   local name="$1"; shift
+  if [ "$RESUME" = 1 ] && cut -f1 "$STAGES" | grep -qx "$name"; then
+    echo "=== $name: done in an earlier run (stages.tsv), kept"; return
+  fi
   echo "=== $name: $*"
   if [ -x /usr/bin/time ]; then
     /usr/bin/time -f "%e %M" -o "$OUT/.time" "$@"
@@ -101,7 +109,8 @@ stage rm_proxy "${MCG[@]}" rm "${P[@]}" --pretrain "$OUT/sft" --dataset "$OUT/da
   --save_path "$OUT/rm_proxy"
 
 # 3. gold reward model, from the base model, on the larger gold part (the policy is never trained on it)
-stage rm_gold "${MCG[@]}" rm "${P[@]}" --pretrain "$MODEL" --dataset "$OUT/data/gold.jsonl" --lora_rank "$LORA" \
+stage rm_gold "${MCG[@]}" rm "${P[@]}" --pretrain "$MODEL" --dataset "$OUT/data/gold.jsonl" \
+  --max_datasets_size "$GOLD_SIZE" --lora_rank "$LORA" \
   --max_len "$MAX_LEN" --batch_size 8 --lr 2e-4 --max_epochs 1 --eval_ratio 0.1 --log_interval "$LOG" \
   --save_path "$OUT/rm_gold"
 

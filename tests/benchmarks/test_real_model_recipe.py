@@ -37,3 +37,10 @@ def test_real_model_recipe_smoke(tmp_path):
     for name in ("ppo", "dpo", "grpo"):
         assert json.loads((out / name / "config.json").read_text())["model_type"] == "llama"
     assert (out / "eval" / "report.png").exists() and (out / "eval" / "report.md").exists()
+    # --resume keeps every stage stages.tsv records: nothing is re-run, the table is untouched
+    before = (out / "stages.tsv").read_text()
+    again = subprocess.run(["bash", os.path.join(ROOT, "benchmarks", "real_model_recipe.sh"), "--smoke", "--resume",
+                            "--out", str(out)], env=env, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert again.stdout.count("done in an earlier run (stages.tsv), kept") == len(stages)
+    assert (out / "stages.tsv").read_text() == before
