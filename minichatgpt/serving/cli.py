@@ -49,6 +49,8 @@ class ServeConfig(ChatConfig):
     port: int = option(8000, "port to listen on", rule=PORT)
     model_name: Optional[str] = option(None, "id reported by /v1/models (default: directory name)")
     max_queue: int = option(64, "waiting requests before 429", rule=POSITIVE_INT)
+    max_batch: int = option(8, "requests decoded together (continuous batching); more wait in the queue",
+                            rule=POSITIVE_INT)
     api_key: Optional[str] = option(None, "Bearer token required on every /v1 route (default: $MINICHATGPT_API_KEY; "
                                           "none: open). The environment variable keeps the key out of the process "
                                           "list")
@@ -129,7 +131,8 @@ def run_serve_command(args) -> None:
     model, tokenizer = _load(args)
     name = args.model_name or os.path.basename(os.path.normpath(args.model))
     app = create_app(model, tokenizer, name, default_options=options, max_queue=args.max_queue,
-                     max_context_tokens=args.max_context, guard=guard, max_prompt_chars=args.max_prompt_chars)
+                     max_context_tokens=args.max_context, guard=guard, max_prompt_chars=args.max_prompt_chars,
+                     max_batch=args.max_batch)
     if args.host not in ("127.0.0.1", "localhost", "::1") and not guard.api_key:
         print(f"warning: listening on {args.host}, reachable from other machines, without an API key "
               f"(--api_key or $MINICHATGPT_API_KEY)", file=sys.stderr)

@@ -1,9 +1,8 @@
-"""Inference generation: one prompt at a time over the KV cache, text streamed as soon as it decodes.
+"""Inference generation for chat, the server and the examples: prompts, options and text deltas.
 
-Training rollouts (``minichatgpt.nn.generation``) batch left-padded prompts and keep log-probs. Serving
-needs other things: printable text deltas per token (a token can end in the middle of a UTF-8
-character), stop strings, a per-request seed, and a way to stop early when the reader goes away.
-The cache-argument helper is shared with the rollout code.
+The decoding itself is the shared core (:mod:`minichatgpt.nn.decoding`: per-request sampling, EOS ids,
+stop strings, seeds, text deltas that never split a UTF-8 character); this module turns chat messages
+and ``GenerationOptions`` into its requests and its events into ``TextDelta`` s.
 """
 
 from dataclasses import dataclass
@@ -13,12 +12,13 @@ import torch
 import torch.nn as nn
 from transformers import PreTrainedTokenizerBase
 
-from ..nn.generation import accepts_logits_to_keep, cache_argument, sample_tokens
+from ..nn.decoding import DecodeBatch, DecodeRequest, SamplingParams, TokenEvent
+from ..nn.generation import sample_tokens
+from ..nn.text_stream import IncrementalDecoder  # noqa: F401  (re-exported: tests and callers import it here)
 from ..tokenizer import Message, encode_prompt, leading_special_ids, plain_text_ids
 from ..tokenizer import stop_token_ids as reply_stop_ids
 
 DEFAULT_CONTEXT_WINDOW = 2048
-PREFIX_CONTEXT_TOKENS = 4  # prompt tokens decoded with the first reply tokens, for their leading space
 _WINDOW_FIELDS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length", "n_ctx")
 
 
@@ -134,92 +134,53 @@ def model_device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
-@torch.inference_mode()
 def generate_tokens(model: nn.Module, input_ids: Sequence[int], max_new_tokens: int, temperature: float,
                     top_p: float, stop_ids: Iterable[int] = (),
                     generator: Optional[torch.Generator] = None) -> Iterator[int]:
-    """Yield up to ``max_new_tokens`` token ids, one forward pass of a single new token per step.
+    """Yield up to ``max_new_tokens`` token ids for one prompt; the first stop token is yielded and ends it.
 
-    The prompt goes through the model once; each later step feeds only the new token and the KV
-    cache. The first stop token is yielded and ends the loop. The decorator (not a ``with`` block)
-    keeps inference mode on only while this generator runs, never in the caller between yields.
+    A one-request run of the decode core (:class:`minichatgpt.nn.decoding.DecodeBatch`). ``generator``,
+    when given, replaces the request's own (seeded or global) one.
     """
-    stop_ids = set(stop_ids)
-    cache_name = cache_argument(model)
-    # Only the last position's logits are needed; skipping the rest saves a (T, V) tensor per prompt.
-    kwargs = {"logits_to_keep": 1} if accepts_logits_to_keep(model) else {}
-    ids = torch.tensor([list(input_ids)], dtype=torch.long, device=model_device(model))  # (1, T)
-    out = model(input_ids=ids, use_cache=True, **kwargs)
-    for _ in range(max_new_tokens):
-        token = sample_next_token(out.logits[0, -1], temperature, top_p, generator)
-        yield token
-        if token in stop_ids:
-            return
-        ids = torch.tensor([[token]], dtype=torch.long, device=ids.device)  # (1, 1)
-        out = model(input_ids=ids, use_cache=True, **kwargs, **{cache_name: getattr(out, cache_name)})
+    params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p)
+    batch = DecodeBatch(model)
+    batch.add([DecodeRequest(list(input_ids), params, tuple(stop_ids))])
+    if generator is not None:
+        batch.rows[0].generator = generator
+    while len(batch):
+        for _, event in batch.step():
+            yield event.token
 
 
-class IncrementalDecoder:
-    """Turn a stream of token ids into a stream of text deltas.
+def decode_request(model: nn.Module, tokenizer: PreTrainedTokenizerBase, input_ids: Sequence[int],
+                   options: GenerationOptions, stop_ids: Optional[Iterable[int]] = None,
+                   key=None) -> DecodeRequest:
+    """The decode-core request of a reply: text deltas, stop strings and ids, ``max_new_tokens`` clipped
+    to what the context window leaves.
 
-    Decoding tokens one by one is wrong for byte-level and SentencePiece tokenizers (a character can
-    span tokens, and spaces depend on the neighbour), and re-decoding everything each step costs
-    O(n^2). So only a short window is decoded: the tokens since the last emitted text, plus the tokens
-    just before them as context; the delta is what the new tokens add to the context's text. Text
-    ending in U+FFFD (an unfinished UTF-8 sequence) is held back until the character completes.
-
-    Args:
-        prefix_ids: the last prompt tokens, context for the first generated token (so a completion
-            of "The capital is" starts with " Paris", not "Paris").
+    Raises:
+        PromptTooLongError: the prompt fills the context window.
     """
-
-    def __init__(self, tokenizer: PreTrainedTokenizerBase, prefix_ids: Sequence[int] = ()):
-        self.tokenizer = tokenizer
-        self.ids: List[int] = list(prefix_ids)
-        self.context_start = 0  # first id of the context window
-        self.emitted_end = len(self.ids)  # ids before this index have been turned into text
-
-    def _decode(self, ids: Sequence[int]) -> str:
-        return self.tokenizer.decode(ids, skip_special_tokens=True)
-
-    def push(self, token_id: int) -> str:
-        self.ids.append(token_id)
-        context = self._decode(self.ids[self.context_start:self.emitted_end])
-        text = self._decode(self.ids[self.context_start:])
-        if text.endswith("\ufffd") or len(text) <= len(context):
-            return ""
-        self.context_start, self.emitted_end = self.emitted_end, len(self.ids)
-        return text[len(context):]
-
-    def flush(self) -> str:
-        """Whatever is still held back (an unfinished character decodes as U+FFFD)."""
-        context = self._decode(self.ids[self.context_start:self.emitted_end])
-        text = self._decode(self.ids[self.context_start:])
-        self.context_start = self.emitted_end = len(self.ids)
-        return text[len(context):]
+    window = context_window(model, tokenizer)
+    if window - len(input_ids) <= 0:
+        raise PromptTooLongError(f"the prompt is {len(input_ids)} tokens, the context window {window}")
+    stop_ids = stop_token_ids(model, tokenizer) if stop_ids is None else set(stop_ids)
+    params = SamplingParams(max_new_tokens=min(options.max_new_tokens, window - len(input_ids)),
+                            temperature=options.temperature, top_p=options.top_p, seed=options.seed,
+                            stop=tuple(options.stop))
+    return DecodeRequest(list(input_ids), params, tuple(sorted(stop_ids)), tokenizer, key)
 
 
-def _held_back(text: str, stops: Sequence[str]) -> int:
-    """Length of the longest suffix of ``text`` that could be the start of a stop string."""
-    longest = 0
-    for stop in stops:
-        for size in range(min(len(stop) - 1, len(text)), longest, -1):
-            if text.endswith(stop[:size]):
-                longest = size
-                break
-    return longest
-
-
-def _cut_at_stop(text: str, stops: Sequence[str]) -> Tuple[str, bool]:
-    """``text`` up to the first stop string, and whether one was found."""
-    hits = [i for i in (text.find(s) for s in stops) if i >= 0]
-    return (text[:min(hits)], True) if hits else (text, False)
+def text_delta(event: TokenEvent) -> TextDelta:
+    return TextDelta(event.text, event.count, event.finish_reason)
 
 
 def stream_text(model: nn.Module, tokenizer: PreTrainedTokenizerBase, input_ids: Sequence[int],
                 options: GenerationOptions, stop_ids: Optional[Iterable[int]] = None,
                 cancelled: Optional[Callable[[], bool]] = None) -> Iterator[TextDelta]:
     """Generate a reply to ``input_ids`` and yield it as text deltas; the last delta has a finish reason.
+
+    Empty deltas (text held back) are not yielded, except the last.
 
     Args:
         input_ids: prompt token ids (one sequence, no padding).
@@ -230,37 +191,14 @@ def stream_text(model: nn.Module, tokenizer: PreTrainedTokenizerBase, input_ids:
     Raises:
         PromptTooLongError: the prompt fills the context window.
     """
-    room = context_window(model, tokenizer) - len(input_ids)
-    if room <= 0:
-        raise PromptTooLongError(f"the prompt is {len(input_ids)} tokens, the context window "
-                                 f"{context_window(model, tokenizer)}")
-    stop_ids = stop_token_ids(model, tokenizer) if stop_ids is None else set(stop_ids)
-    generator = None
-    if options.seed is not None and options.temperature > 0:
-        generator = torch.Generator(device=model_device(model)).manual_seed(options.seed)
-    decoder = IncrementalDecoder(tokenizer, input_ids[-PREFIX_CONTEXT_TOKENS:])
-    stops = [s for s in options.stop if s]
-    pending, count, finish = "", 0, "length"
-    for token in generate_tokens(model, input_ids, min(options.max_new_tokens, room), options.temperature,
-                                 options.top_p, stop_ids, generator):
-        count += 1
-        if token in stop_ids:
-            finish = "stop"
-            break
-        pending += decoder.push(token)
-        pending, hit = _cut_at_stop(pending, stops)
-        if hit:
-            yield TextDelta(pending, count, "stop")
-            return
-        keep = _held_back(pending, stops)
-        text, pending = pending[:len(pending) - keep], pending[len(pending) - keep:]
-        if text:
-            yield TextDelta(text, count, None)
-        if cancelled is not None and cancelled():
-            finish = "cancelled"
-            break
-    pending, hit = _cut_at_stop(pending + decoder.flush(), stops)
-    yield TextDelta(pending, count, "stop" if hit else finish)
+    batch = DecodeBatch(model)
+    batch.add([decode_request(model, tokenizer, input_ids, options, stop_ids)])
+    while len(batch):
+        for _, event in batch.step():
+            if event.text or event.finish_reason is not None:
+                yield text_delta(event)
+        if len(batch) and cancelled is not None and cancelled():
+            yield text_delta(batch.cancel([None])[0][1])
 
 
 def generate_text(model: nn.Module, tokenizer: PreTrainedTokenizerBase, input_ids: Sequence[int],

@@ -6,7 +6,8 @@ is true), ``GET /v1/models``, ``GET /health``, ``GET /``.
 Layers, outside in: the guard (``guard.py``: Host, API key, Content-Type, body size, CORS), request
 validation (``protocol.py``: schemas, prompt size, sampling fields), prompt encoding on a helper thread
 (never on the event loop), then the generation worker (``worker.py``: one thread owns the model and
-serves requests first in, first out from a bounded queue; a full queue answers 429 with Retry-After).
+runs a continuous batch that queued requests join, in arrival order, and leave at token boundaries; a
+full queue answers 429 with Retry-After).
 A client that goes away, streaming or not, ends its generation at the next token.
 
 Every client error is a 4xx with an OpenAI-style body ``{"error": {"message", "type", "param", "code"}}``.
@@ -32,7 +33,7 @@ from .guard import GuardConfig, install_guard
 from .protocol import (APIError, ChatCompletionRequest, CompletionRequest, Sampling, invalid, message_text,
                        parse_body, stop_strings)
 from .replies import Reply, events, generation_failed
-from .worker import GenerationWorker, Job
+from .worker import DEFAULT_MAX_BATCH, GenerationWorker, Job
 
 CHARS_PER_TOKEN_LIMIT = 16  # default prompt-character cap: this many characters per context-window token
 DISCONNECT_POLL_S = 0.1
@@ -43,10 +44,11 @@ class Service:
     """The API's work between the guard and the worker: validate, encode (off the event loop), queue, reply."""
 
     def __init__(self, model: nn.Module, tokenizer: PreTrainedTokenizerBase, model_name: str,
-                 defaults: GenerationOptions, max_queue: int, window: int, max_prompt_chars: int):
+                 defaults: GenerationOptions, max_queue: int, window: int, max_prompt_chars: int,
+                 max_batch: int = DEFAULT_MAX_BATCH):
         self.tokenizer, self.model_name, self.defaults, self.window = tokenizer, model_name, defaults, window
         self.max_prompt_chars = max_prompt_chars
-        self.worker = GenerationWorker(model, tokenizer, max_queue)
+        self.worker = GenerationWorker(model, tokenizer, max_queue, max_batch)
         self.encoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="minichatgpt-encode")
 
     async def encode(self, param: str, text_chars: int, encode, *args) -> List[int]:
@@ -165,7 +167,7 @@ def _add_error_handlers(app: FastAPI) -> None:
 def create_app(model: nn.Module, tokenizer: PreTrainedTokenizerBase, model_name: str,
                default_options: Optional[GenerationOptions] = None, max_queue: int = 64,
                max_context_tokens: Optional[int] = None, guard: Optional[GuardConfig] = None,
-               max_prompt_chars: Optional[int] = None) -> FastAPI:
+               max_prompt_chars: Optional[int] = None, max_batch: int = DEFAULT_MAX_BATCH) -> FastAPI:
     """Build the app around a loaded model.
 
     Args:
@@ -177,10 +179,11 @@ def create_app(model: nn.Module, tokenizer: PreTrainedTokenizerBase, model_name:
         max_context_tokens: context window override (default: the model's).
         guard: Host names, API key, CORS origins and body limit (default: loopback names, no key, no CORS).
         max_prompt_chars: longest prompt (characters) that is tokenized at all (default: 16 per window token).
+        max_batch: requests decoded together in the running batch; more wait in the queue.
     """
     window = max_context_tokens or context_window(model, tokenizer)
     service = Service(model, tokenizer, model_name, default_options or GenerationOptions(), max_queue, window,
-                      max_prompt_chars or CHARS_PER_TOKEN_LIMIT * window)
+                      max_prompt_chars or CHARS_PER_TOKEN_LIMIT * window, max_batch)
     started = int(time.time())
 
     @asynccontextmanager

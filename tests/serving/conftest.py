@@ -113,3 +113,30 @@ def loaded_chat_model(chat_model_dir):
     from minichatgpt.nn import load_model, load_tokenizer
 
     return load_model(chat_model_dir).eval(), load_tokenizer(chat_model_dir)
+
+
+def patch_forward(monkeypatch, model, delay_s: float = 0.0, token: int = 5, record=None, fail_on_call=None):
+    """Make ``model`` a slow model that always says ``token`` (a word, never a stop token): each forward
+    sleeps ``delay_s``, appends its time to ``record`` and, on call number ``fail_on_call`` (1 is the
+    prefill), raises. The real forward still runs, so the KV cache is real."""
+    import functools
+
+    import torch
+
+    original, calls = model.forward, []
+
+    @functools.wraps(original)
+    def forward(*args, **kwargs):
+        calls.append(1)
+        if fail_on_call is not None and len(calls) >= fail_on_call:
+            raise RuntimeError("the accelerator fell over")
+        time.sleep(delay_s)
+        if record is not None:
+            record.append(time.monotonic())
+        out = original(*args, **kwargs)
+        logits = torch.full_like(out.logits, -1e4)
+        logits[..., token] = 0.0
+        out.logits = logits
+        return out
+
+    monkeypatch.setattr(model, "forward", forward)

@@ -8,11 +8,11 @@ import torch
 from conftest import SHARED, requires_shared
 
 from minichatgpt.nn import load_model, load_tokenizer
+from minichatgpt.nn.text_stream import held_back as _held_back
 from minichatgpt.serving.engine import (
     GenerationOptions,
     IncrementalDecoder,
     PromptTooLongError,
-    _held_back,
     context_window,
     encode_chat,
     fit_messages,

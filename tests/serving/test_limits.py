@@ -15,7 +15,7 @@ pytest.importorskip("fastapi")
 
 from minichatgpt.serving.engine import GenerationOptions  # noqa: E402
 
-from .conftest import serve_in_thread  # noqa: E402
+from .conftest import patch_forward, serve_in_thread  # noqa: E402
 
 LIMIT = 8 * 2 ** 20
 
@@ -128,22 +128,12 @@ def test_max_new_tokens_caps_max_tokens(server_url):
     assert response.json()["usage"]["completion_tokens"] <= 12
 
 
-def slow_tokens(record):
-    def generate_tokens(model, input_ids, max_new_tokens, temperature, top_p, stop_ids=(), generator=None):
-        for _ in range(max_new_tokens):
-            time.sleep(0.02)
-            record.append(time.monotonic())
-            yield 5  # a word, never a stop token
-    return generate_tokens
-
-
 def test_a_non_streaming_request_whose_client_left_stops_generating(loaded_chat_model, monkeypatch):
-    from minichatgpt.serving import engine
     from minichatgpt.serving.server import create_app
 
     record = []
-    monkeypatch.setattr(engine, "generate_tokens", slow_tokens(record))
     model, tokenizer = loaded_chat_model
+    patch_forward(monkeypatch, model, delay_s=0.02, record=record)
     app = create_app(model, tokenizer, "tiny", GenerationOptions(max_new_tokens=120, temperature=0))
     with serve_in_thread(app) as url:
         with pytest.raises(httpx.ReadTimeout):

@@ -15,7 +15,7 @@ from hypothesis import strategies as st  # noqa: E402
 
 from minichatgpt.serving.engine import GenerationOptions  # noqa: E402
 
-from .conftest import serve_in_thread  # noqa: E402
+from .conftest import patch_forward, serve_in_thread  # noqa: E402
 
 
 def chat(**extra):
@@ -100,15 +100,10 @@ def test_fuzzed_request_bodies_never_get_a_5xx(server_url, path, body):
 
 
 def test_a_stream_that_fails_sends_an_error_event_then_done(loaded_chat_model, monkeypatch):
-    from minichatgpt.serving import engine
     from minichatgpt.serving.server import create_app
 
-    def failing(model, input_ids, max_new_tokens, temperature, top_p, stop_ids=(), generator=None):
-        yield 5
-        raise RuntimeError("the accelerator fell over")
-
-    monkeypatch.setattr(engine, "generate_tokens", failing)
     model, tokenizer = loaded_chat_model
+    patch_forward(monkeypatch, model, fail_on_call=3)  # the prefill and one step work, then it fails
     with serve_in_thread(create_app(model, tokenizer, "tiny", GenerationOptions(max_new_tokens=8))) as url:
         with httpx.stream("POST", url + "/v1/chat/completions", json=chat(stream=True), timeout=30) as response:
             events = [b[len("data: "):] for b in response.read().decode().split("\n\n") if b.startswith("data: ")]
@@ -137,16 +132,10 @@ def test_a_full_queue_answers_429_with_retry_after(loaded_chat_model):
 
 
 def test_a_client_hanging_up_is_one_log_line_not_a_traceback(loaded_chat_model, monkeypatch, caplog):
-    from minichatgpt.serving import engine
     from minichatgpt.serving.server import create_app
 
-    def slow(model, input_ids, max_new_tokens, temperature, top_p, stop_ids=(), generator=None):
-        for _ in range(max_new_tokens):
-            time.sleep(0.02)
-            yield 5
-
-    monkeypatch.setattr(engine, "generate_tokens", slow)
     model, tokenizer = loaded_chat_model
+    patch_forward(monkeypatch, model, delay_s=0.02)
     caplog.set_level(logging.INFO)
     with serve_in_thread(create_app(model, tokenizer, "tiny", GenerationOptions(max_new_tokens=100))) as url:
         with httpx.stream("POST", url + "/v1/chat/completions", json=chat(stream=True, max_tokens=100),
