@@ -115,10 +115,11 @@ def loaded_chat_model(chat_model_dir):
     return load_model(chat_model_dir).eval(), load_tokenizer(chat_model_dir)
 
 
-def patch_forward(monkeypatch, model, delay_s: float = 0.0, token: int = 5, record=None, fail_on_call=None):
+def patch_forward(monkeypatch, model, delay_s: float = 0.0, token=5, record=None, fail_on_call=None, banned=()):
     """Make ``model`` a slow model that always says ``token`` (a word, never a stop token): each forward
     sleeps ``delay_s``, appends its time to ``record`` and, on call number ``fail_on_call`` (1 is the
-    prefill), raises. The real forward still runs, so the KV cache is real."""
+    prefill), raises. The real forward still runs, so the KV cache is real. With ``token=None`` the
+    model's own logits are kept, except that the ``banned`` ids are never chosen."""
     import functools
 
     import torch
@@ -134,8 +135,10 @@ def patch_forward(monkeypatch, model, delay_s: float = 0.0, token: int = 5, reco
         if record is not None:
             record.append(time.monotonic())
         out = original(*args, **kwargs)
-        logits = torch.full_like(out.logits, -1e4)
-        logits[..., token] = 0.0
+        logits = torch.full_like(out.logits, -1e4) if token is not None else out.logits.clone()
+        if token is not None:
+            logits[..., token] = 0.0
+        logits[..., list(banned)] = -1e4
         out.logits = logits
         return out
 
