@@ -66,6 +66,17 @@ def tiny_model_dirs(tmp_path_factory, word_tokenizer):
     return dirs
 
 
+def scramble_weights(model, std: float = 0.5):
+    """Redraw ``model``'s matrices at a larger scale (seed 0), in place: at the default scale a tiny random
+    model mostly repeats the last prompt token, so greedy replies could not tell tokens apart."""
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() >= 2:
+                p.normal_(0.0, std)
+    return model
+
+
 def requires_shared(path: str):
     return pytest.mark.skipif(not os.path.exists(path), reason=f"{path} is absent (shared/ is not in a fresh clone)")
 

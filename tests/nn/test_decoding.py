@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from conftest import FAMILIES
+from conftest import FAMILIES, scramble_weights
 from minichatgpt.nn.decoding import DecodeBatch, DecodeRequest, SamplingParams
 
 EOS = (2,)
@@ -21,13 +21,7 @@ SCHEDULE = {0: [("a", [5, 6, 7], 10)],
 @pytest.fixture(scope="module", params=FAMILIES)
 def model(request, tiny_model_dirs):
     """The tiny model with larger random weights, so that greedy replies vary from token to token."""
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dirs[request.param]).eval()
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() >= 2:
-                p.normal_(0.0, 0.5)
-    return model
+    return scramble_weights(AutoModelForCausalLM.from_pretrained(tiny_model_dirs[request.param]).eval())
 
 
 def greedy_params(key, n):

@@ -10,7 +10,7 @@ import torch
 from torch.testing import assert_close
 from transformers import AutoModelForCausalLM
 
-from conftest import FAMILIES, pad_left, policy_log_probs
+from conftest import FAMILIES, pad_left, policy_log_probs, scramble_weights
 from minichatgpt.nn import generation
 from minichatgpt.nn.generation import generate
 
@@ -61,13 +61,7 @@ def keep_every_row(monkeypatch):
 def scaled_up(path):
     """The tiny model at ``path`` with larger random weights: at the default scale it mostly repeats the last
     prompt token, so no choice of EOS would end its rows at different steps."""
-    model = AutoModelForCausalLM.from_pretrained(path).eval()
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() >= 2:
-                p.normal_(0.0, 0.5)
-    return model
+    return scramble_weights(AutoModelForCausalLM.from_pretrained(path).eval())
 
 
 @pytest.fixture(scope="module", params=FAMILIES)

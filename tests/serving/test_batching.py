@@ -10,12 +10,13 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-import torch
 
 httpx = pytest.importorskip("httpx")
 
 from minichatgpt.serving.engine import GenerationOptions, encode_text, generate_text, stop_token_ids  # noqa: E402
 from minichatgpt.serving.server import create_app  # noqa: E402
+
+from conftest import scramble_weights  # noqa: E402
 
 from .conftest import patch_forward, serve_in_thread  # noqa: E402
 
@@ -28,11 +29,7 @@ def slow_model(loaded_chat_model, monkeypatch):
     forward, never ending a reply early; and a list of each decode forward's row count."""
     model, tokenizer = loaded_chat_model
     saved = {k: v.clone() for k, v in model.state_dict().items()}
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() >= 2:
-                p.normal_(0.0, 0.5)
+    scramble_weights(model)
     patch_forward(monkeypatch, model, delay_s=0.01, token=None, banned=sorted(stop_token_ids(model, tokenizer)))
     rows = []
     hook = model.register_forward_pre_hook(
