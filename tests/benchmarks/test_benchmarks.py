@@ -162,3 +162,25 @@ def test_bench_precision_compares_fp32_and_bf16_on_every_stage(tmp_path):
         assert summary["ratios"][stage]["train_step_speedup"] > 0
     assert summary["ratios"]["sft"]["final_close"]  # one step: the losses agree to bf16 precision
     assert json.loads(results.read_text().splitlines()[-1])["config"]["model"] == "tiny"
+
+
+@pytest.mark.slow  # transformers builds its paged-cache manager: about 45 s
+def test_compare_continuous_batching_reports_both_sides_per_family(capsys):
+    load_script("compare_continuous_batching").main(["--families", "gpt2,bloom", "--prompts", "2",
+                                                       "--max_new_tokens", "3"])
+    rows = [line.split("|")[1:-1] for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+    by_model = {cells[0].strip(): [c.strip() for c in cells[1:]] for cells in rows[1:]}
+    assert set(by_model) == {"gpt2", "bloom"}
+    for cells in by_model.values():
+        assert cells[3] == "True" and float(cells[4]) > 0  # the decode core equals generate alone
+        assert cells[0] and cells[1] in ("True", "False", "-")  # transformers' side: runs or says why not
+
+
+@pytest.mark.slow
+def test_bench_server_measures_each_client_level_against_one_client(tiny_model_dirs, capsys, tmp_path):
+    out = tmp_path / "server.json"
+    load_script("bench_server").main(["--model", tiny_model_dirs["gpt2"], "--clients", "1,2", "--requests", "2",
+                                      "--max_tokens", "4", "--rounds", "1", "--threads", "1", "--json", str(out)])
+    rows = json.loads(out.read_text())
+    assert [r["clients"] for r in rows] == [1, 2] and all(r["tokens_per_s"] > 0 for r in rows)
+    assert "| 1 |" in capsys.readouterr().out
