@@ -9,10 +9,10 @@ from minichatgpt.serving import cli
 
 def test_yaml_config_under_flags_and_written_back(tmp_path):
     path = tmp_path / "serve.yaml"
-    path.write_text("model: outputs/ppo\nport: 9001\napi_key: secret\nmax_queue: 3\n")
+    path.write_text("model: outputs/ppo\nport: 9001\napi_key: secret\nmax_queue: 3\nmax_batch: 5\n")
     config = ConfigParser(cli.ServeConfig).parse_args(["--config", str(path), "--port", "9002"])
-    assert (config.model, config.port, config.api_key, config.max_queue, config.host) == (
-        "outputs/ppo", 9002, "secret", 3, "127.0.0.1")
+    assert (config.model, config.port, config.api_key, config.max_queue, config.max_batch, config.host) == (
+        "outputs/ppo", 9002, "secret", 3, 5, "127.0.0.1")
     assert cli.as_config("serve", config) is config
 
 
@@ -20,6 +20,7 @@ def test_yaml_config_under_flags_and_written_back(tmp_path):
     ("serve", ["--model", "m", "--port", "70000"], "--port must be a port number in [0, 65535], got 70000"),
     ("chat", ["--model", "m", "--temperature=-1"], "--temperature must be a finite number >= 0"),
     ("serve", [], "--model is required"),
+    ("serve", ["--model", "m", "--max_batch", "0"], "--max_batch must be"),
 ])
 def test_bad_values_are_one_line_and_exit_2(capsys, command, argv, message):
     assert main_cli.main([command] + argv) == 2
