@@ -130,7 +130,7 @@ class Service:
 
     async def health(self) -> dict:
         return {"status": "ok", "model": self.model_name, "queued": self.worker.pending(),
-                "worker_alive": self.worker.thread.is_alive()}
+                "running": len(self.worker.running), "worker_alive": self.worker.thread.is_alive()}
 
     def close(self) -> None:
         self.worker.stop()

@@ -121,9 +121,9 @@ class GenerationWorker:
             self.running[id(job)] = job
 
     def _end(self, job: Job, last: Union[TextDelta, BaseException]) -> None:
+        self.running.pop(id(job), None)  # before the reply ends, so that /health never counts it after
         job.put(last)
         job.finished.set()
-        self.running.pop(id(job), None)
         if job.started:
             self.mean_job_s = 0.8 * self.mean_job_s + 0.2 * (time.monotonic() - job.started)
 

@@ -82,7 +82,8 @@ def test_a_client_leaving_mid_batch_is_dropped_and_the_others_complete(slow_mode
             leaver = pool.submit(stream, url, PROMPTS[2], 60, leave_after=2)
             others = [pool.submit(stream, url, p, 24, delay_s=0.02) for p in PROMPTS[:2]]
             assert [f.result() for f in others] == expected and leaver.result() is None
-        assert httpx.get(url + "/health").json()["queued"] == 0
+        health = httpx.get(url + "/health").json()
+        assert health["queued"] == 0 and health["running"] == 0  # the leaver's row is gone too
     assert sum(rows) < 60 + 2 * 23  # the leaver's 59 decode rows were not all computed
 
 
