@@ -32,9 +32,11 @@ def slow_model(loaded_chat_model, monkeypatch):
     scramble_weights(model)
     patch_forward(monkeypatch, model, delay_s=0.01, token=None, banned=sorted(stop_token_ids(model, tokenizer)))
     rows = []
-    hook = model.register_forward_pre_hook(
-        lambda module, args, kwargs: rows.append(kwargs["input_ids"].size(0)) if kwargs["input_ids"].size(1) == 1
-        else None, with_kwargs=True)
+    def count(module, args, kwargs):  # decode forwards are those given a cache (a prefill can be one token)
+        if kwargs.get("cache") is not None or kwargs.get("past_key_values") is not None:
+            rows.append(kwargs["input_ids"].size(0))
+
+    hook = model.register_forward_pre_hook(count, with_kwargs=True)
     yield model, tokenizer, rows
     hook.remove()
     model.load_state_dict(saved)
