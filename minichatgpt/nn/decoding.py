@@ -4,8 +4,9 @@ Each request brings its own sampling parameters (temperature, top-k, top-p, seed
 strings and token budget. Every :meth:`DecodeBatch.step` samples one token per running row with the
 shared sampler (:func:`minichatgpt.nn.generation.sample_tokens`), reports it with its log-probability
 and text delta, drops the rows that finished (their KV-cache rows too) and runs one forward for the
-rest. ``generate()`` (rollouts, evaluation) is the same loop specialised to one batch that starts
-together; both use the same sampler, log-prob, position and cache-row helpers.
+rest. ``generate()`` (rollouts, evaluation) drives the same step for one batch that starts together:
+both keep their running rows in :class:`minichatgpt.nn.kv_rows.RunningRows` (drop rows, feed one token,
+one :class:`minichatgpt.nn.generation.DecodeForward`) and use the same sampler and log-probs.
 
 Different prompt lengths in one batch: the rows share one ``DynamicCache`` left-padded to the longest
 row (:mod:`minichatgpt.nn.kv_rows`). The attention mask marks each row's padding, and position ids are
@@ -22,9 +23,8 @@ import torch
 import torch.nn as nn
 
 from ..functional import log_probs_from_logits
-from .generation import (MIN_TEMPERATURE, accepts_logits_to_keep, accepts_position_ids, cache_argument,
-                         position_ids_from_mask, sample_tokens, select_cache_rows)
-from .kv_rows import concat_caches, pad_cache_left, pad_mask_left, trim_cache_left
+from .generation import MIN_TEMPERATURE, DecodeForward, position_ids_from_mask, sample_tokens
+from .kv_rows import RunningRows
 from .text_stream import TextStream
 
 
@@ -112,29 +112,24 @@ class DecodeBatch:
     """The running batch of one model. Not thread-safe: one thread owns it (the server's worker)."""
 
     def __init__(self, model: nn.Module):
-        self.model = model
-        self.cache_name = cache_argument(model)
-        self.use_position_ids = accepts_position_ids(model)
-        # Only the last position's logits are sampled from: a prompt's (B, P, V) logits are never built.
-        self.keep = {"logits_to_keep": 1} if accepts_logits_to_keep(model) else {}
+        self.model, self.forward = model, DecodeForward(model)
         self.device = next(model.parameters()).device
         self._clear()
 
     def _clear(self) -> None:
         self.rows: List[_Row] = []
-        self.cache = self.attention_mask = self.next_position = self.logits = None
+        self.running: Optional[RunningRows] = None  # the rows' logits, KV cache, mask and positions
+
+    @property
+    def cache(self):
+        return None if self.running is None else self.running.cache
+
+    @property
+    def attention_mask(self) -> Optional[torch.Tensor]:
+        return None if self.running is None else self.running.attention_mask  # (L, T)
 
     def __len__(self) -> int:
         return len(self.rows)
-
-    def _forward(self, input_ids, attention_mask, position_ids, cache):
-        kwargs = dict(self.keep)
-        if self.use_position_ids:
-            kwargs["position_ids"] = position_ids
-        if cache is not None:
-            kwargs[self.cache_name] = cache
-        out = self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=True, **kwargs)
-        return out.logits[:, -1].float(), getattr(out, self.cache_name)  # (B, V), cache
 
     @torch.inference_mode()
     def add(self, requests: Sequence[DecodeRequest]) -> None:
@@ -146,37 +141,22 @@ class DecodeBatch:
             raise ValueError(f"prompt_ids: empty prompt for request(s) {empty}")
         ids, mask = _left_pad([r.prompt_ids for r in requests], self.device)  # (N, P) each
         positions = position_ids_from_mask(mask)
-        logits, cache = self._forward(ids, mask, positions, None)
-        rows = [_Row(r, self.device) for r in requests]
-        if self.cache is None:
-            self.cache, self.attention_mask, self.logits = cache, mask, logits
-            self.next_position, self.rows = positions[:, -1] + 1, rows
-            return
-        width = max(self.attention_mask.size(1), mask.size(1))
-        pad_old, pad_new = width - self.attention_mask.size(1), width - mask.size(1)
-        self.cache = concat_caches(pad_cache_left(self.cache, pad_old), pad_cache_left(cache, pad_new))
-        self.attention_mask = torch.cat([pad_mask_left(self.attention_mask, pad_old), pad_mask_left(mask, pad_new)])
-        self.next_position = torch.cat([self.next_position, positions[:, -1] + 1])  # (L + N,)
-        self.logits = torch.cat([self.logits, logits])  # (L + N, V)
-        self.rows += rows
+        logits, cache = self.forward(ids, mask, positions, None)
+        joining = RunningRows(self.forward, logits, cache, mask, positions[:, -1:] + 1)
+        if self.running is None:
+            self.running = joining
+        else:
+            self.running.join(joining)
+        self.rows += [_Row(r, self.device) for r in requests]
 
     @torch.inference_mode()
     def _keep_rows(self, index: List[int]) -> None:
         """Keep only the rows ``index``; cut the leading columns that are now padding in every row."""
         if not index:
             self._clear()
-            return
-        if len(index) == len(self.rows):
-            return
-        rows = torch.tensor(index, device=self.device)
-        self.cache = select_cache_rows(self.cache, rows)
-        self.attention_mask, self.next_position, self.logits = (
-            t.index_select(0, rows) for t in (self.attention_mask, self.next_position, self.logits))
-        self.rows = [self.rows[i] for i in index]
-        unused = int((self.attention_mask.sum(0) == 0).long().cumprod(0).sum())  # leading all-pad columns
-        if unused:
-            self.cache = trim_cache_left(self.cache, unused)
-            self.attention_mask = self.attention_mask[:, unused:]
+        elif len(index) < len(self.rows):
+            self.running.keep(torch.tensor(index, device=self.device), trim=True)
+            self.rows = [self.rows[i] for i in index]
 
     def cancel(self, keys: Sequence[Hashable]) -> List[Tuple[DecodeRequest, TokenEvent]]:
         """Remove the requests ``keys`` now; each gets a last event (held-back text, ``"cancelled"``)."""
@@ -188,11 +168,12 @@ class DecodeBatch:
 
     def _sample(self) -> torch.Tensor:
         """(L,) next tokens, each row with its own parameters and generator."""
-        tokens = self.logits.argmax(-1)
+        logits = self.running.logits  # (L, V)
+        tokens = logits.argmax(-1)
         for i, row in enumerate(self.rows):
             if not row.greedy:
                 params = row.request.params
-                tokens[i] = sample_tokens(self.logits[i:i + 1], params.temperature, params.top_k, params.top_p,
+                tokens[i] = sample_tokens(logits[i:i + 1], params.temperature, params.top_k, params.top_p,
                                           row.generator)[0]
         return tokens
 
@@ -200,7 +181,7 @@ class DecodeBatch:
     def step(self) -> List[Tuple[DecodeRequest, TokenEvent]]:
         """One token for every running request; finished ones leave, the rest run one forward."""
         tokens = self._sample()  # (L,)
-        log_probs = log_probs_from_logits(self.logits, tokens)  # (L,)
+        log_probs = log_probs_from_logits(self.running.logits, tokens)  # (L,)
         events, running = [], []
         for i, (row, token, log_prob) in enumerate(zip(self.rows, tokens.tolist(), log_probs.tolist())):
             event = row.advance(token, log_prob)
@@ -209,9 +190,5 @@ class DecodeBatch:
                 running.append(i)
         self._keep_rows(running)
         if self.rows:
-            tokens = tokens[torch.tensor(running, device=self.device)]  # (L',)
-            self.attention_mask = torch.cat([self.attention_mask, torch.ones_like(tokens).unsqueeze(1)], dim=1)
-            self.logits, self.cache = self._forward(tokens.unsqueeze(1), self.attention_mask,
-                                                    self.next_position.unsqueeze(1), self.cache)
-            self.next_position = self.next_position + 1
+            self.running.advance(tokens[torch.tensor(running, device=self.device)])  # (L',) tokens
         return events

@@ -14,6 +14,7 @@ import torch.nn as nn
 
 from ..functional import log_probs_from_logits
 from .cuda_decode import StaticDecoder, resolve_decode
+from .kv_rows import RunningRows, select_cache_rows  # noqa: F401 (select_cache_rows: re-exported)
 
 
 class Rollout(NamedTuple):
@@ -89,15 +90,6 @@ def _all_finished(finished: torch.Tensor, synced: bool) -> bool:
     return bool(done)
 
 
-def select_cache_rows(cache, index: torch.Tensor):
-    """Keep the rows ``index`` of a KV cache's batch dimension: a ``transformers`` ``Cache`` (in place,
-    ``batch_select_indices``) or the legacy tuple of per-layer (key, value) tuples."""
-    if hasattr(cache, "batch_select_indices"):
-        cache.batch_select_indices(index)
-        return cache
-    return tuple(tuple(t.index_select(0, index) for t in layer) for layer in cache)
-
-
 def repeat_cache_rows(cache, repeats: int):
     """Each row of a KV cache ``repeats`` times, copies adjacent (``repeat_interleave`` on the batch dim)."""
     if hasattr(cache, "batch_repeat_interleave"):
@@ -117,16 +109,35 @@ def _surviving(live: torch.Tensor, finished: torch.Tensor, keep_one: bool) -> Op
     return running
 
 
-def _prefill(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, num_samples: int,
-             keep: dict, use_position_ids: bool, cache_name: str):
+class DecodeForward:
+    """The one forward of every dynamic-cache decode loop (``generate()``'s prefill and steps,
+    :class:`minichatgpt.nn.decoding.DecodeBatch`): ids, mask, per-row positions and cache in, the last
+    position's (B, V) float logits and the cache out. Works out once per model which arguments it takes."""
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+        self.cache_name = cache_argument(model)
+        self.use_position_ids = accepts_position_ids(model)
+        # Only the last position's logits are sampled from: a prompt's (B, P, V) logits are never built.
+        self.keep = {"logits_to_keep": 1} if accepts_logits_to_keep(model) else {}
+
+    def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor, cache=None):
+        kwargs = dict(self.keep)
+        if self.use_position_ids:
+            kwargs["position_ids"] = position_ids
+        if cache is not None:
+            kwargs[self.cache_name] = cache
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=True, **kwargs)
+        return out.logits[:, -1].float(), getattr(out, self.cache_name)  # (B, V), cache
+
+
+def _prefill(forward: DecodeForward, input_ids: torch.Tensor, attention_mask: torch.Tensor, num_samples: int):
     """One forward over the prompts; with ``num_samples`` G > 1 its last logits, KV cache, ids and masks
     are repeated G times (copies adjacent) instead of running each prompt G times.
     Returns (B * G, V) float logits, the cache, ids, mask and (B * G, 1) next positions."""
     attention_mask = attention_mask.long()
     position_ids = position_ids_from_mask(attention_mask)
-    kwargs = {"position_ids": position_ids} if use_position_ids else {}
-    out = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=True, **keep, **kwargs)
-    logits, cache = out.logits[:, -1].float(), getattr(out, cache_name)  # (B, V)
+    logits, cache = forward(input_ids, attention_mask, position_ids)  # (B, V)
     if num_samples > 1:
         input_ids, attention_mask, position_ids, logits = (
             t.repeat_interleave(num_samples, 0) for t in (input_ids, attention_mask, position_ids, logits))
@@ -187,18 +198,16 @@ def _generate_dynamic(model, input_ids, attention_mask, max_new_tokens, eos_toke
     """generate()'s default loop over a dynamic KV cache, from which finished rows leave."""
     was_training = model.training
     model.eval()
-    use_position_ids = accepts_position_ids(model)
-    cache_name = cache_argument(model)
-    # Only the last position's logits are sampled from: the prompt's (B, P, V) logits are never computed.
-    keep = {"logits_to_keep": 1} if accepts_logits_to_keep(model) else {}
-    logits, cache, input_ids, attention_mask, next_position = _prefill(model, input_ids, attention_mask, num_samples,
-                                                                       keep, use_position_ids, cache_name)
+    forward = DecodeForward(model)
+    logits, cache, input_ids, prompt_mask, next_position = _prefill(forward, input_ids, attention_mask, num_samples)
+    running = RunningRows(forward, logits, cache, prompt_mask, next_position)
     eos = torch.as_tensor(eos_token_id, device=input_ids.device)
     keep_one, B = synced and torch.distributed.is_initialized(), input_ids.size(0)
     live = torch.arange(B, device=input_ids.device)  # rows of the batch in the running forward
     finished = torch.zeros(B, dtype=torch.bool, device=input_ids.device)
     tokens, log_probs, masks = [], [], []
     for step in range(max_new_tokens):
+        logits = running.logits  # (L, V)
         live_token = sample_tokens(logits, temperature, top_k, top_p, generator) if do_sample else logits.argmax(-1)
         live_token = live_token.masked_fill(finished[live], pad_token_id)  # (L,)
         token = live_token.new_full((B,), pad_token_id).index_copy(0, live, live_token)  # (B,)
@@ -206,21 +215,16 @@ def _generate_dynamic(model, input_ids, attention_mask, max_new_tokens, eos_toke
         log_probs.append(logits.new_zeros(B).index_copy(0, live, log_probs_from_logits(logits, live_token)))
         masks.append((~finished).long())
         finished = finished | torch.isin(token, eos)
-        attention_mask = torch.cat([attention_mask, masks[-1].unsqueeze(1)], dim=1)
         if _all_finished(finished, synced) or step == max_new_tokens - 1:  # no forward for an unused token
             break
         rows = _surviving(live, finished, keep_one)
         if rows is not None:
-            live, live_token, cache = live[rows], live_token[rows], select_cache_rows(cache, rows)
-        kwargs = {"position_ids": next_position[live]} if use_position_ids else {}
-        kwargs[cache_name] = cache
-        out = model(input_ids=live_token.unsqueeze(1), attention_mask=attention_mask[live], use_cache=True,
-                    **keep, **kwargs)
-        logits, cache = out.logits[:, -1].float(), getattr(out, cache_name)
-        next_position = next_position + 1
+            live, live_token = live[rows], live_token[rows]
+            running.keep(rows)
+        running.advance(live_token, masks[-1][live])  # 0 only for the ignored row that keeps a rank stepping
 
     model.train(was_training)
-    return _rollout(input_ids, attention_mask, tokens, masks, log_probs)
+    return _rollout(input_ids, prompt_mask, tokens, masks, log_probs)
 
 
 def _generate_static(model, input_ids, attention_mask, max_new_tokens, eos_token_id, pad_token_id, do_sample,
@@ -230,12 +234,10 @@ def _generate_static(model, input_ids, attention_mask, max_new_tokens, eos_token
     row draws at every step, so a seeded ``generator`` gives other draws than the dynamic loop's."""
     was_training = model.training
     model.eval()
-    keep = {"logits_to_keep": 1} if accepts_logits_to_keep(model) else {}
-    use_position_ids, cache_name = accepts_position_ids(model), cache_argument(model)
-    logits, cache, input_ids, prompt_mask, next_position = _prefill(model, input_ids, attention_mask, num_samples,
-                                                                    keep, use_position_ids, cache_name)
-    decoder = StaticDecoder(model, cache, prompt_mask, next_position if use_position_ids else None, max_new_tokens,
-                            keep, cache_name, use_graph, strict)
+    forward = DecodeForward(model)
+    logits, cache, input_ids, prompt_mask, next_position = _prefill(forward, input_ids, attention_mask, num_samples)
+    decoder = StaticDecoder(model, cache, prompt_mask, next_position if forward.use_position_ids else None,
+                            max_new_tokens, forward.keep, forward.cache_name, use_graph, strict)
     del cache  # copied into the static cache
     eos = torch.as_tensor(eos_token_id, device=input_ids.device)
     finished = torch.zeros(input_ids.size(0), dtype=torch.bool, device=input_ids.device)  # (N,)
