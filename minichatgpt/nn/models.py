@@ -20,8 +20,8 @@ from transformers import AutoModelForSequenceClassification, PreTrainedModel, Pr
 from ..functional import last_token_index
 from .generation import Rollout, accepts_position_ids, generate, position_ids_from_mask
 from .loading import ConfigLike, load_model, quiet_transformers, read_checkpoint_tensor, to_config
-from .lora import (adapters_disabled, apply_lora, frozen_base, is_lora, merged_copy, save_adapter,
-                   trained_base_parameters)
+from .lora import adapters_disabled, apply_lora, frozen_base, is_lora, save_adapter, trained_base_parameters
+from .saving import merged_state, save_streamed
 
 
 def _build(model: Optional[nn.Module], pretrained: Optional[str], config: ConfigLike, head: str,
@@ -154,11 +154,17 @@ class Actor(nn.Module):
             self.freeze_reference()
         return self._reference[1]()
 
-    def save_pretrained(self, directory: str, tokenizer: Optional[PreTrainedTokenizerBase] = None) -> None:
-        """Write a plain Hugging Face directory (adapters merged); adapters also go to ``adapter/``."""
+    def save_pretrained(self, directory: str, tokenizer: Optional[PreTrainedTokenizerBase] = None,
+                        dtype: Optional[torch.dtype] = None) -> None:
+        """Write a plain Hugging Face directory (adapters merged); adapters also go to ``adapter/``.
+
+        Weights are written in ``dtype`` (None: as held), merged and cast one tensor at a time
+        (``nn.saving``): no merged copy of the model is built.
+        """
         os.makedirs(directory, exist_ok=True)
+        base, state, deltas = merged_state(self.model)
         with quiet_transformers():
-            merged_copy(self.model).save_pretrained(directory)
+            save_streamed(base, directory, state, deltas, dtype)
         if is_lora(self.model):
             save_adapter(self.model, os.path.join(directory, "adapter"))
         _save_tokenizer(directory, tokenizer)
@@ -197,22 +203,26 @@ class _ScalarHeadModel(nn.Module):
         kwargs = {"position_ids": position_ids_from_mask(attention_mask)} if self._use_position_ids else {}
         return self.model(input_ids=sequences, attention_mask=attention_mask, **kwargs).last_hidden_state
 
-    def save_pretrained(self, directory: str, tokenizer: Optional[PreTrainedTokenizerBase] = None) -> None:
-        """Write an ``AutoModelForSequenceClassification`` directory (``num_labels=1``, ``score`` head)."""
+    def save_pretrained(self, directory: str, tokenizer: Optional[PreTrainedTokenizerBase] = None,
+                        dtype: Optional[torch.dtype] = None) -> None:
+        """Write an ``AutoModelForSequenceClassification`` directory (``num_labels=1``, ``score`` head), in
+        ``dtype`` (None: as held), adapters merged tensor by tensor as written (``nn.saving``)."""
         os.makedirs(directory, exist_ok=True)
-        backbone = merged_copy(self.model)
+        backbone, backbone_state, deltas = merged_state(self.model)
         config = to_config(backbone.config.to_dict())
         config.num_labels = 1
         if tokenizer is not None:
             config.pad_token_id = tokenizer.pad_token_id
         with torch.device("meta"):
             classifier = AutoModelForSequenceClassification.from_config(config)
-        state = {f"{classifier.base_model_prefix}.{k}": v for k, v in backbone.state_dict().items()}
+        prefix = classifier.base_model_prefix
+        state = {f"{prefix}.{k}": v for k, v in backbone_state.items()}
         state["score.weight"] = self.value_head.weight
         classifier.load_state_dict(state, strict=False, assign=True)
         classifier.tie_weights()
         with quiet_transformers():
-            classifier.save_pretrained(directory)
+            save_streamed(classifier, directory, classifier.state_dict(),
+                          {f"{prefix}.{k}": v for k, v in deltas.items()}, dtype)
         if is_lora(self.model):
             save_adapter(self.model, os.path.join(directory, "adapter"))
         _save_tokenizer(directory, tokenizer)

@@ -115,7 +115,8 @@ def save_pretrained(strategy, model: nn.Module, directory: str, tokenizer=None,
             checkpoint was stored in (``source_dtype``, float32 for models built from a config).
 
     Sharded parameters (FSDP, ZeRO-3) and low-precision working copies (DeepSpeed bf16/fp16) are replaced by
-    the gathered float32 state first; weights are then cast to ``dtype`` in a copy, never in the live model.
+    the gathered float32 state first; weights are then cast to ``dtype`` one tensor at a time as they are
+    written, never in the live model.
     """
     from ..nn import rebuilt_copy
     from .strategies.precision import as_dtype
@@ -126,8 +127,11 @@ def save_pretrained(strategy, model: nn.Module, directory: str, tokenizer=None,
     if strategy.shards_parameters or working_copy or dtype != torch.float32:
         state = strategy.full_state_dict(model)  # collective: every rank takes part
         if strategy.is_rank0():
-            state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
-            rebuilt_copy(module, state).save_pretrained(directory, tokenizer=tokenizer)
+            # Adapters and biases (small) are cast now, as saved adapters hold them; the large weights are
+            # cast one at a time as they are written, so no full copy in ``dtype`` is built.
+            state = {k: v.to(dtype) if v.is_floating_point() and ("lora_" in k or "bias" in k) else v
+                     for k, v in state.items()}
+            rebuilt_copy(module, state).save_pretrained(directory, tokenizer=tokenizer, dtype=dtype)
     elif strategy.is_rank0():
         module.save_pretrained(directory, tokenizer=tokenizer)
     strategy.barrier()
