@@ -19,7 +19,8 @@
 #   --resume  keep the stages OUT/stages.tsv already records (same sizes) and run the others
 #   --out     output directory (default outputs/real_model_recipe, or outputs/real_model_recipe_smoke)
 # Environment: SHARED (default ../shared, relative to the repository root), PYTHON (default python),
-#   PRECISION (default bf16: every training stage computes in bf16 with float32 masters, about 2x faster here).
+#   PRECISION (default bf16: every training stage computes in bf16 with float32 masters, about 2x faster here),
+#   POLICY_LR (learning rate of the PPO, DPO and GRPO policies' LoRA adapters).
 # Writes OUT/stages.tsv (wall time and peak resident memory of each stage) and OUT/eval/{results.json,
 # report.md, report.png}. The full size took about 70 minutes on 2 shared CPU cores (README, "Evaluating models").
 set -euo pipefail
@@ -33,7 +34,7 @@ while [ $# -gt 0 ]; do
     --smoke) SMOKE=1; shift ;;
     --resume) RESUME=1; shift ;;
     --out) OUT="$2"; shift 2 ;;
-    -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,26p' "$0"; exit 0 ;;
     *) echo "real_model_recipe.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -41,6 +42,7 @@ done
 SHARED=${SHARED:-../shared}
 PYTHON=${PYTHON:-python}
 PRECISION=${PRECISION:-bf16}
+POLICY_LR=${POLICY_LR:-5e-5}  # PPO's and GRPO's actor, DPO's policy (LoRA adapters)
 MODEL="$SHARED/models/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf"
 SFT_DATA="$SHARED/data/alpaca_en_demo.json"
 PAIRS="$SHARED/data/instruction_data_with_preference.json"
@@ -117,20 +119,20 @@ stage rm_gold "${MCG[@]}" rm "${P[@]}" --pretrain "$MODEL" --dataset "$OUT/data/
 # 4. PPO from the SFT model against the proxy reward model, on the proxy part's prompts
 # shellcheck disable=SC2086
 stage ppo "${MCG[@]}" ppo "${P[@]}" --pretrain "$OUT/sft" --rm_pretrain "$OUT/rm_proxy" --prompt_path "$OUT/data/proxy.jsonl" \
-  --lora_rank "$LORA" $PPO_SIZE --max_input_len 96 --max_new_tokens "$NEW_TOKENS" --actor_lr 5e-5 \
+  --lora_rank "$LORA" $PPO_SIZE --max_input_len 96 --max_new_tokens "$NEW_TOKENS" --actor_lr "$POLICY_LR" \
   --critic_lr 1e-4 --kl_coef 0.05 --ptx_coef 0 --log_interval 1 --save_path "$OUT/ppo"
 
 # 5. DPO from the same SFT model on the proxy part's pairs (the reference is the SFT model: adapters off)
 stage dpo "${MCG[@]}" dpo "${P[@]}" --pretrain "$OUT/sft" --dataset "$OUT/data/proxy.jsonl" \
   --max_datasets_size "$DPO_SIZE" --lora_rank "$LORA" --max_len "$MAX_LEN" --batch_size 4 --accumulation_steps 2 \
-  --lr 5e-5 --beta 0.1 --loss_type sigmoid --max_epochs 1 --eval_ratio 0.05 --log_interval "$LOG" \
+  --lr "$POLICY_LR" --beta 0.1 --loss_type sigmoid --max_epochs 1 --eval_ratio 0.05 --log_interval "$LOG" \
   --save_path "$OUT/dpo"
 
 # 6. GRPO from the same SFT model against the proxy reward model, on the proxy part's prompts (no critic)
 # shellcheck disable=SC2086
 stage grpo "${MCG[@]}" grpo "${P[@]}" --pretrain "$OUT/sft" --rm_pretrain "$OUT/rm_proxy" \
   --prompt_path "$OUT/data/proxy.jsonl" --algo grpo --lora_rank "$LORA" $GRPO_SIZE --max_input_len 96 \
-  --max_new_tokens "$NEW_TOKENS" --actor_lr 5e-5 --kl_coef 0.05 --log_interval 1 --save_path "$OUT/grpo"
+  --max_new_tokens "$NEW_TOKENS" --actor_lr "$POLICY_LR" --kl_coef 0.05 --log_interval 1 --save_path "$OUT/grpo"
 POLICIES=("ppo=$OUT/ppo" "dpo=$OUT/dpo" "grpo=$OUT/grpo")
 
 # 7. evaluation: RM accuracy on held-out pairs; each policy against SFT by the gold RM; perplexity

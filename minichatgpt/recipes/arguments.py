@@ -76,7 +76,12 @@ def parse_stage_args(stage: str, extra: str) -> Dict[str, Any]:
         raise UsageError(f"{flag} {extra!r}: {message}")
 
     parser.error = error
-    return parser.given_values(argv)
+    try:
+        return parser.given_values(argv)
+    except UsageError as err:  # e.g. a nested --config file that cannot be read: name the flag the user typed
+        if str(err).startswith(flag):
+            raise
+        raise UsageError(f"{flag} {extra!r}: {err}") from None
 
 
 def pipeline_preset(given: Dict[str, Any]) -> Dict[str, Any]:

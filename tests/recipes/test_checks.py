@@ -322,7 +322,7 @@ def flag_values(action, files):
     paths = [files["model"], files["sft"], files["pairs"], files["prompts"], files["out"], files["blocker"],
              os.path.join(files["blocker"], "x"), "./missing.jsonl", "/no/such/dir", "org/missing-name", "missing.gguf"]
     if action.choices:
-        typed = st.sampled_from(list(action.choices))
+        typed = st.sampled_from([str(choice) for choice in action.choices])  # argv holds strings (e.g. ZeRO stages 1-3)
     elif action.type is int:
         typed = st.one_of(st.integers(-3, 70).map(str), st.sampled_from(["0", "1", "2", "4294967296"]))
     elif action.type is float:
@@ -383,3 +383,9 @@ def test_decode_flag_choices_and_cuda_graph_without_a_gpu(command, monkeypatch):
     with pytest.raises(SystemExit) as exit_:
         check_command(command, ["--decode", "eager"])
     assert exit_.value.code == 2
+
+
+def test_an_unreadable_config_inside_stage_args_names_the_stage_flag(tmp_path):
+    """Found by the fuzzer: ``--sft_args '--config DIR'`` named only the inner --config, not the flag typed."""
+    message = usage_error("pipeline", ["--sft_args", f"--config {tmp_path}"])
+    assert message.startswith("--sft_args ") and "--config" in message and "cannot be read" in message
