@@ -22,7 +22,7 @@
 #   PRECISION (default bf16: every training stage computes in bf16 with float32 masters, about 2x faster here),
 #   POLICY_LR (learning rate of the PPO, DPO and GRPO policies' LoRA adapters).
 # Writes OUT/stages.tsv (wall time and peak resident memory of each stage) and OUT/eval/{results.json,
-# report.md, report.png}. The full size took about 70 minutes on 2 shared CPU cores (README, "Evaluating models").
+# report.md, report.png}. The full size took 78 minutes on 2 shared CPU cores (README, "Evaluating models").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
