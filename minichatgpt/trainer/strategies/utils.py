@@ -1,6 +1,7 @@
 """Helpers shared by strategy classes: checkpoint files, seeding, per-rank paths, process groups,
 distributed data loaders and the ``prepare`` argument structure."""
 
+import atexit
 import os
 import pickle
 import random
@@ -128,6 +129,9 @@ def init_process_group(backend: str, timeout_s: float) -> None:
     """
     if dist.is_initialized():
         return
+    # Leave the group before the interpreter tears down: a gloo group destroyed during finalization could
+    # abort a rank that had finished its work ("terminate called without an active exception").
+    atexit.register(leave_process_group)
     timeout = timedelta(seconds=timeout_s)
     if "RANK" not in os.environ and "WORLD_SIZE" not in os.environ:
         dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1,
@@ -138,6 +142,12 @@ def init_process_group(backend: str, timeout_s: float) -> None:
         raise RuntimeError(f"distributed launch is missing environment variables {missing}; start the script "
                            "with `torchrun --nproc_per_node N script.py` (see docs/distributed.md)")
     dist.init_process_group(backend, timeout=timeout)
+
+
+def leave_process_group() -> None:
+    """Destroy this process's default group, if it is still joined (registered with ``atexit``)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def join_process_group(device: torch.device, backend: Optional[str], timeout_s: float) -> str:
