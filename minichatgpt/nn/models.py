@@ -234,7 +234,7 @@ class Critic(_ScalarHeadModel):
     def forward(self, sequences: torch.Tensor, attention_mask: torch.Tensor, num_actions: int) -> torch.Tensor:
         """Values (B, A) of the last A tokens: hidden state at t - 1 gives the value before token t."""
         hidden = self._hidden_states(sequences, attention_mask)[:, -num_actions - 1:-1]  # (B, A, H)
-        return self.value_head(hidden).squeeze(-1).float()
+        return self.value_head(hidden.to(self.value_head.weight.dtype)).squeeze(-1).float()
 
 
 class RewardModel(_ScalarHeadModel):
@@ -271,4 +271,4 @@ class RewardModel(_ScalarHeadModel):
             hidden = self._hidden_states(sequences, attention_mask)  # (B, T, H)
         last = last_token_index(attention_mask)  # (B,)
         hidden = hidden[torch.arange(hidden.size(0), device=hidden.device), last]  # (B, H)
-        return self.value_head(hidden).squeeze(-1).float()
+        return self.value_head(hidden.to(self.value_head.weight.dtype)).squeeze(-1).float()

@@ -16,7 +16,8 @@ What runs depends on the flags given (any combination):
       disjoint parts by prompt, written to OUTPUT_DIR/NAME.jsonl before anything else runs.
 
 A model DIR is any save_pretrained directory (what sft, rm and ppo write) or a .gguf file; each is read
-with its own tokenizer. Runs in one process, on the GPU when there is one (--device).
+with its own tokenizer. Runs in one process, on the GPU when there is one (--device), in float32 or, with
+--precision bf16|fp16, every model cast to that dtype (scores, log-probs and KL still summed in float32).
 """
 
 import json
@@ -31,6 +32,7 @@ from ..evaluation import (Contestant, LLMJudge, RewardModelJudge, SamplingSettin
                           reward_model_accuracy, sample_baseline, split_file, write_report)
 from ..nn import Actor, RewardModel, load_tokenizer
 from ..nn.loading import read_checkpoint_tensor
+from ..trainer.strategies.precision import as_dtype
 from ..trainer.strategies.utils import set_seed
 from ..config import ConfigParser, UsageError, dump_yaml, validate
 from ..log import get_logger, setup_logging
@@ -96,22 +98,41 @@ def check_reward_head(flag: str, path: str) -> None:
                          "as minichatgpt rm saves it); is it a causal LM rather than a reward model?")
 
 
+def merged_adapter_models(args: EvalConfig) -> List[str]:
+    """The model directories with an ``adapter/`` folder: LoRA fine-tunes saved with their adapters merged into
+    the weights, whose small deltas a bf16/fp16 cast rounds partly away."""
+    values = list(args.reward_model) + list(args.policy) + list(args.perplexity_model) + \
+        [v for v in (args.baseline, args.judge_rm, args.judge_lm) if v]
+    paths = dict.fromkeys(named(v)[1] for v in values)
+    return [p for p in paths if os.path.isdir(os.path.join(os.path.expanduser(p), "adapter"))]
+
+
 def resolve_device(name: str) -> str:
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     return name
 
 
-def load_actor(value: str, device: str):
+def place(model: torch.nn.Module, args: EvalConfig, device: str) -> torch.nn.Module:
+    """``model`` on ``device`` in the ``--precision`` dtype, in eval mode (every model eval loads goes through here).
+    A reward model's one-output head stays in float32, so its scores are not rounded to bf16/fp16 steps (which
+    would turn near-equal gold scores into ties)."""
+    model = model.to(device=device, dtype=as_dtype(args.precision)).eval()
+    if isinstance(model, RewardModel):
+        model.value_head.float()
+    return model
+
+
+def load_actor(value: str, args: EvalConfig, device: str):
     name, path = named(value)
-    return name, Actor(pretrained=path).to(device).eval(), load_tokenizer(path)
+    return name, place(Actor(pretrained=path), args, device), load_tokenizer(path)
 
 
 def evaluate_reward_models(args: EvalConfig, device: str) -> List[Dict]:
     rows = []
     for value in args.reward_model:
         name, path = named(value)
-        model, tokenizer = RewardModel(pretrained=path).to(device).eval(), load_tokenizer(path)
+        model, tokenizer = place(RewardModel(pretrained=path), args, device), load_tokenizer(path)
         for pairs in args.pairs:
             subsets = reward_model_accuracy(model, tokenizer, pairs, args.subset_column, max_len=args.max_len,
                                             batch_size=args.batch_size, max_pairs=args.max_pairs,
@@ -125,17 +146,18 @@ def build_judge(args: EvalConfig, device: str):
     """The judge and how the tables name it."""
     if args.judge_rm:
         name, path = named(args.judge_rm)
-        judge = RewardModelJudge(RewardModel(pretrained=path).to(device), load_tokenizer(path), args.max_len,
-                                 args.batch_size, device)
+        model = place(RewardModel(pretrained=path), args, device)
+        judge = RewardModelJudge(model, load_tokenizer(path), args.max_len, args.batch_size, device)
         return judge, f"RM {name}"
     name, path = named(args.judge_lm)
     # The judge's prompt holds the conversation and two answers: it may be twice as long as one sequence.
-    judge = LLMJudge(Actor(pretrained=path).to(device), load_tokenizer(path), 2 * args.max_len, args.batch_size, device)
+    judge = LLMJudge(place(Actor(pretrained=path), args, device), load_tokenizer(path), 2 * args.max_len,
+                     args.batch_size, device)
     return judge, f"LLM {name}"
 
 
 def contestant(value: str, args: EvalConfig, device: str) -> Tuple[str, Contestant]:
-    name, actor, tokenizer = load_actor(value, device)
+    name, actor, tokenizer = load_actor(value, args, device)
     prompts = PromptDataset(args.prompts, tokenizer, max_len=args.max_input_len, max_datasets_size=args.max_prompts,
                             skip_invalid=args.skip_invalid_rows)
     return name, Contestant(actor, tokenizer, prompts)
@@ -165,7 +187,7 @@ def evaluate_perplexity(args: EvalConfig, device: str) -> List[Dict]:
     values = args.perplexity_model or list(args.policy) + ([args.baseline] if args.baseline else [])
     rows = []
     for value in values:
-        name, actor, tokenizer = load_actor(value, device)
+        name, actor, tokenizer = load_actor(value, args, device)
         measured = perplexity(actor, tokenizer, args.text, max_len=args.max_len, batch_size=args.batch_size,
                               max_documents=args.max_documents, skip_invalid=args.skip_invalid_rows, device=device)
         rows.append({"model": name, "text": os.path.basename(args.text), **measured})
@@ -177,6 +199,12 @@ def run(args: EvalConfig) -> Dict:
     setup_logging(args.log_level)
     check_args(args)
     device = resolve_device(args.device)
+    merged = merged_adapter_models(args) if args.precision != "fp32" else []
+    if merged:
+        logger.warning(f"--precision {args.precision}: {', '.join(merged)} hold LoRA adapters merged into their "
+                       "weights; casting rounds much of those small deltas away (a LoRA reward model's held-out "
+                       "margin halved in bf16, README), so their scores differ from float32: use fp32 to measure "
+                       "fine-tunes, bf16 for speed on full fine-tunes")
     set_seed(args.seed)
     os.makedirs(args.output_dir, exist_ok=True)
     dump_yaml(args, os.path.join(args.output_dir, "config.yaml"), "eval")  # reruns this evaluation alone

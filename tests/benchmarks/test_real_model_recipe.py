@@ -19,11 +19,19 @@ def test_real_model_recipe_smoke(tmp_path):
     out = tmp_path / "recipe"
     env = {**os.environ, "SHARED": os.path.abspath(SHARED), "PYTHON": sys.executable, "PYTHONPATH": ROOT,
            "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(["bash", os.path.join(ROOT, "benchmarks", "real_model_recipe.sh"), "--smoke", "--out",
-                           str(out)], env=env, capture_output=True, text=True, timeout=1800)
+    script = os.path.join(ROOT, "benchmarks", "real_model_recipe.sh")
+    # --until stops after a stage; --resume then runs the rest and keeps what is recorded
+    first = subprocess.run(["bash", script, "--smoke", "--until", "rm_proxy", "--out", str(out)], env=env,
+                           capture_output=True, text=True, timeout=1800)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    assert "stopped after rm_proxy (--until)" in first.stdout and not (out / "rm_gold").exists()
+    proc = subprocess.run(["bash", script, "--smoke", "--resume", "--out", str(out)], env=env, capture_output=True,
+                          text=True, timeout=1800)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.stdout.count("done in an earlier run (stages.tsv), kept") == 3
     stages = [line.split("\t")[0] for line in (out / "stages.tsv").read_text().splitlines()[1:]]
     assert stages == ["split", "sft", "rm_proxy", "rm_gold", "ppo", "dpo", "grpo", "eval"]
+    assert "precision: fp32" in (out / "eval" / "config.yaml").read_text()  # merged LoRA deltas kept unrounded
     parts = {name: {json.dumps(json.loads(line)) for line in (out / "data" / f"{name}.jsonl").read_text().splitlines()}
              for name in ("proxy", "gold", "heldout")}
     assert not (parts["proxy"] & parts["gold"]) and not (parts["heldout"] & (parts["proxy"] | parts["gold"]))
@@ -44,3 +52,12 @@ def test_real_model_recipe_smoke(tmp_path):
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert again.stdout.count("done in an earlier run (stages.tsv), kept") == len(stages)
     assert (out / "stages.tsv").read_text() == before
+
+
+def test_until_names_the_stages_when_it_is_not_one(tmp_path):
+    proc = subprocess.run(["bash", os.path.join(ROOT, "benchmarks", "real_model_recipe.sh"), "--until", "sfft",
+                           "--out", str(tmp_path / "x")], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "SHARED": os.path.abspath(SHARED)})
+    assert proc.returncode == 2
+    assert "--until sfft is not a stage (split, sft, rm_proxy" in proc.stderr
+    assert not (tmp_path / "x").exists()  # checked before anything is written

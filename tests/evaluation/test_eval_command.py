@@ -112,3 +112,61 @@ def test_help_documents_the_methods(capsys):
     text = capsys.readouterr().out
     for phrase in ("--judge_lm", "both orders", "Wilson", "length-controlled", "--split_parts", "perplexity"):
         assert phrase in text
+
+
+def test_bf16_evaluation_matches_float32(eval_model_dirs, files, tmp_path):
+    """--precision bf16 casts every model (the reward head stays float32): the same pairs are ranked the same
+    way, perplexity and gold scores agree with float32 to bf16's rounding, and the config records it."""
+    results = {}
+    for precision in ("fp32", "bf16"):
+        out = tmp_path / precision
+        rc = cli.main(["eval", "--output_dir", str(out), "--precision", precision, "--reward_model",
+                       eval_model_dirs["rm"], "--pairs", files["pairs"], "--policy", eval_model_dirs["lm2"],
+                       "--baseline", eval_model_dirs["lm"], "--prompts", files["prompts"], "--judge_rm",
+                       eval_model_dirs["rm"], "--text", files["text"], "--greedy", "--max_new_tokens", "4",
+                       "--batch_size", "2"])
+        assert rc == 0
+        results[precision] = json.loads((out / "results.json").read_text())
+        assert f"precision: {precision}" in (out / "config.yaml").read_text()
+    fp32, bf16 = results["fp32"], results["bf16"]
+    margins = [r["reward_models"][0]["subsets"]["all"]["margin"] for r in (fp32, bf16)]
+    assert margins[1] == pytest.approx(margins[0], rel=0.05, abs=0.02)
+    for a, b in zip(fp32["perplexity"], bf16["perplexity"]):
+        assert b["perplexity"] == pytest.approx(a["perplexity"], rel=0.03)
+    assert bf16["win_rates"][0]["count"] == fp32["win_rates"][0]["count"] == len(PROMPTS)
+
+
+def test_bf16_placement_keeps_the_reward_head_in_float32(eval_model_dirs):
+    import torch
+
+    from minichatgpt.nn import Actor, RewardModel
+    from minichatgpt.recipes.eval import EvalConfig, place
+
+    args = EvalConfig(precision="bf16")
+    rm = place(RewardModel(pretrained=eval_model_dirs["rm"]), args, "cpu")
+    assert rm.value_head.weight.dtype == torch.float32 and not rm.training
+    assert {p.dtype for n, p in rm.named_parameters() if not n.startswith("value_head")} == {torch.bfloat16}
+    sequences = torch.tensor([[3, 4, 5, 6], [3, 4, 5, 7]])
+    scores = rm(sequences, torch.ones_like(sequences))
+    assert scores.dtype == torch.float32
+    actor = place(Actor(pretrained=eval_model_dirs["lm"]), args, "cpu")
+    assert {p.dtype for p in actor.parameters()} == {torch.bfloat16}
+
+
+def test_bf16_warns_about_models_with_merged_lora_adapters(eval_model_dirs, files, tmp_path, caplog):
+    """A directory with adapter/ (what a LoRA run saves) is named in a warning under bf16, not under fp32."""
+    import shutil
+
+    lora_rm = tmp_path / "lora_rm"
+    shutil.copytree(eval_model_dirs["rm"], lora_rm)
+    (lora_rm / "adapter").mkdir()
+    for precision in ("fp32", "bf16"):
+        caplog.clear()
+        rc = cli.main(["eval", "--output_dir", str(tmp_path / precision), "--precision", precision,
+                       "--reward_model", str(lora_rm), eval_model_dirs["rm"], "--pairs", files["pairs"]])
+        assert rc == 0
+        warned = [r.getMessage() for r in caplog.records if "merged into their weights" in r.getMessage()]
+        if precision == "fp32":
+            assert not warned
+        else:
+            assert len(warned) == 1 and str(lora_rm) in warned[0] and eval_model_dirs["rm"] not in warned[0]
