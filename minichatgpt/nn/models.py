@@ -23,6 +23,9 @@ from .loading import ConfigLike, load_model, quiet_transformers, read_checkpoint
 from .lora import adapters_disabled, apply_lora, frozen_base, is_lora, save_adapter, trained_base_parameters
 from .saving import merged_state, save_streamed
 
+#: Where ``save_pretrained`` also writes a LoRA model's adapters (its weights hold them merged).
+ADAPTER_DIR = "adapter"
+
 
 def _build(model: Optional[nn.Module], pretrained: Optional[str], config: ConfigLike, head: str,
            default_config: Optional[type], checkpoint: bool, lora_rank: int, lora_train_bias: str,
@@ -166,7 +169,7 @@ class Actor(nn.Module):
         with quiet_transformers():
             save_streamed(base, directory, state, deltas, dtype)
         if is_lora(self.model):
-            save_adapter(self.model, os.path.join(directory, "adapter"))
+            save_adapter(self.model, os.path.join(directory, ADAPTER_DIR))
         _save_tokenizer(directory, tokenizer)
 
 
@@ -224,7 +227,7 @@ class _ScalarHeadModel(nn.Module):
             save_streamed(classifier, directory, classifier.state_dict(),
                           {f"{prefix}.{k}": v for k, v in deltas.items()}, dtype)
         if is_lora(self.model):
-            save_adapter(self.model, os.path.join(directory, "adapter"))
+            save_adapter(self.model, os.path.join(directory, ADAPTER_DIR))
         _save_tokenizer(directory, tokenizer)
 
 

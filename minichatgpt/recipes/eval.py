@@ -32,6 +32,7 @@ from ..evaluation import (Contestant, LLMJudge, RewardModelJudge, SamplingSettin
                           reward_model_accuracy, sample_baseline, split_file, write_report)
 from ..nn import Actor, RewardModel, load_tokenizer
 from ..nn.loading import read_checkpoint_tensor
+from ..nn.models import ADAPTER_DIR
 from ..trainer.strategies.precision import as_dtype
 from ..trainer.strategies.utils import set_seed
 from ..config import ConfigParser, UsageError, dump_yaml, validate
@@ -77,12 +78,8 @@ def check_locations(args: EvalConfig) -> None:
         if path is not None and not os.path.isfile(os.path.expanduser(path)) and \
                 (looks_like_path(path) or os.path.isdir(path)):
             raise UsageError(f"{flag} {path!r}: no such file")
-    models = [("--reward_model", v) for v in args.reward_model] + [("--policy", v) for v in args.policy] + \
-        [("--perplexity_model", v) for v in args.perplexity_model] + \
-        [(f"--{flag}", getattr(args, flag)) for flag in ("baseline", "judge_rm", "judge_lm")]
-    for flag, value in models:
-        if value is not None:
-            check_model_source(flag, named(value)[1])
+    for flag, value in model_flags(args):
+        check_model_source(flag, named(value)[1])
     for flag, values in (("--reward_model", args.reward_model), ("--judge_rm", [args.judge_rm] if args.judge_rm else [])):
         for value in values:
             check_reward_head(flag, named(value)[1])
@@ -98,13 +95,19 @@ def check_reward_head(flag: str, path: str) -> None:
                          "as minichatgpt rm saves it); is it a causal LM rather than a reward model?")
 
 
+def model_flags(args: EvalConfig) -> List[Tuple[str, str]]:
+    """(flag, [NAME=]DIR) of every model the flags name."""
+    models = [("--reward_model", v) for v in args.reward_model] + [("--policy", v) for v in args.policy] + \
+        [("--perplexity_model", v) for v in args.perplexity_model] + \
+        [(f"--{flag}", getattr(args, flag)) for flag in ("baseline", "judge_rm", "judge_lm")]
+    return [(flag, value) for flag, value in models if value is not None]
+
+
 def merged_adapter_models(args: EvalConfig) -> List[str]:
     """The model directories with an ``adapter/`` folder: LoRA fine-tunes saved with their adapters merged into
     the weights, whose small deltas a bf16/fp16 cast rounds partly away."""
-    values = list(args.reward_model) + list(args.policy) + list(args.perplexity_model) + \
-        [v for v in (args.baseline, args.judge_rm, args.judge_lm) if v]
-    paths = dict.fromkeys(named(v)[1] for v in values)
-    return [p for p in paths if os.path.isdir(os.path.join(os.path.expanduser(p), "adapter"))]
+    paths = dict.fromkeys(named(value)[1] for _, value in model_flags(args))
+    return [p for p in paths if os.path.isdir(os.path.join(os.path.expanduser(p), ADAPTER_DIR))]
 
 
 def resolve_device(name: str) -> str:
