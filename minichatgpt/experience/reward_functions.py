@@ -6,30 +6,24 @@ list[float]``; ``columns`` are the prompt dataset's other fields, one list per f
 combined with weights. Every result is checked: a function that raises, returns a wrong number of
 rewards or a non-finite one is a :class:`RewardFunctionError` naming the function and the sample.
 
-With ``workers > 0`` calls run in a pool of processes, each call limited to ``timeout`` seconds; a call
-that hangs is reported and its worker killed (a thread could not be), instead of being waited on forever.
+With ``workers > 0`` calls run in worker processes (:mod:`.workers`), each call limited to ``timeout``
+seconds; a call that hangs, or whose worker dies, is reported and the workers killed (a thread could not
+be), instead of being waited on forever.
 """
 
 import importlib
 import importlib.util
 import math
-import multiprocessing
 import os
-import signal
 from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 
+from .workers import WorkerDied, WorkerPool, WorkerTimeout
+
 RewardFn = Callable[..., List[float]]
 Columns = Dict[str, list]
 _LOADED: Dict[str, RewardFn] = {}  # spec -> function, per process (workers load each spec once)
-
-
-def _default_signals() -> None:
-    """In a forked worker: SIGTERM/SIGINT end the process again. The trainer's stop handler (``StopRequest``,
-    which only records a signal) is inherited through fork and would make ``Pool.terminate`` wait forever."""
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 class RewardFunctionError(RuntimeError):
@@ -115,7 +109,7 @@ class RewardFunctions:
 
     def __init__(self, specs: Sequence[str], weights: Optional[Sequence[float]] = None, workers: int = 0,
                  timeout: float = 60.0):
-        self._pool = None
+        self._pool: Optional[WorkerPool] = None
         self.specs = list(specs)
         self.weights = [1.0] * len(self.specs) if not weights else [float(w) for w in weights]
         if len(self.weights) != len(self.specs):
@@ -137,27 +131,26 @@ class RewardFunctions:
         if self.workers == 0:
             return call_reward_function(spec, prompts, responses, columns)
         if self._pool is None:
-            self._pool = multiprocessing.get_context("fork").Pool(self.workers, initializer=_default_signals)
+            self._pool = WorkerPool(self.workers, call_reward_function)
         size = math.ceil(len(prompts) / self.workers)
-        calls = [(start, self._pool.apply_async(call_reward_function, (
-            spec, prompts[start:start + size], responses[start:start + size],
-            {k: v[start:start + size] for k, v in columns.items()}, start)))
-            for start in range(0, len(prompts), size)]
-        values: List[float] = []
-        for start, call in calls:
-            try:
-                values.extend(call.get(self.timeout))
-            except multiprocessing.TimeoutError:
-                self.close()  # kills the hanging worker; the next call starts a fresh pool
+        starts = range(0, len(prompts), size)
+        calls = [(spec, prompts[start:start + size], responses[start:start + size],
+                  {k: v[start:start + size] for k, v in columns.items()}, start) for start in starts]
+        try:
+            chunks = self._pool.map(calls, self.timeout)  # the workers are killed on a timeout or a death
+        except (WorkerTimeout, WorkerDied) as e:
+            samples = f"samples {starts[e.index]}..{min(starts[e.index] + size, len(prompts)) - 1}"
+            if isinstance(e, WorkerTimeout):
                 raise RewardFunctionError(f"reward function {spec} did not return within --reward_timeout "
-                                          f"{self.timeout} s on samples {start}..{start + size - 1}") from None
-        return values
+                                          f"{self.timeout} s on {samples}") from None
+            raise RewardFunctionError(f"reward function {spec}: its worker process exited with code "
+                                      f"{e.exitcode} on {samples}") from None
+        return [value for chunk in chunks for value in chunk]
 
     def close(self) -> None:
-        """Kill the workers (SIGTERM, which ``_default_signals`` lets end them) and wait for them."""
+        """End the worker processes (killing any that do not exit at once); never hangs."""
         if self._pool is not None:
-            self._pool.terminate()
-            self._pool.join()
+            self._pool.close()
             self._pool = None
 
     def __del__(self):

@@ -1,5 +1,6 @@
 """Reward functions: loading by file or module path, the weighted sum, and every error path."""
 
+import signal
 import textwrap
 import time
 
@@ -18,6 +19,8 @@ RESPONSES = ["the cat is lovely .", "the dog is dull", "no"]
 def reward_file(tmp_path):
     path = tmp_path / "rewards.py"
     path.write_text(textwrap.dedent('''
+        import os
+        import signal
         import time
 
         def length(prompts, responses, **columns):
@@ -38,6 +41,13 @@ def reward_file(tmp_path):
         def hangs(prompts, responses, **columns):
             time.sleep(600)
             return [0.0] * len(responses)
+
+        def hangs_ignoring_sigterm(prompts, responses, **columns):
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            time.sleep(600)
+
+        def exits(prompts, responses, **columns):
+            os._exit(3)
     '''))
     return str(path)
 
@@ -99,22 +109,47 @@ def test_workers_give_the_same_result_and_errors(reward_file):
         fns.close()
 
 
-def test_hanging_function_is_reported_and_killed(reward_file):
-    fns = RewardFunctions([f"{reward_file}:hangs"], workers=1, timeout=0.5)
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("name,workers,timeout,match", [
+    ("hangs", 1, 0.5, r"hangs did not return within --reward_timeout 0.5 s on samples 0\.\.2"),
+    # CI once hung for good in multiprocessing's Pool.terminate, which sends SIGTERM and waits without a limit.
+    ("hangs_ignoring_sigterm", 2, 1.0, r"hangs_ignoring_sigterm did not return .* on samples 0\.\.1"),
+    ("exits", 2, 30, r"exits: its worker process exited with code 3 on samples (0\.\.1|2\.\.2)"),
+])
+def test_a_hung_or_dead_worker_is_reported_and_every_worker_killed(reward_file, name, workers, timeout, match):
+    fns = RewardFunctions([f"{reward_file}:{name}"], workers=workers, timeout=timeout)
     start = time.monotonic()
-    with pytest.raises(RewardFunctionError, match=r"hangs did not return within --reward_timeout 0.5 s"):
+    with pytest.raises(RewardFunctionError, match=match):
         fns(PROMPTS, RESPONSES)
-    assert time.monotonic() - start < 10 and fns._pool is None
+    assert time.monotonic() - start < 10 and not fns._pool.running
+    fns.specs = [f"{reward_file}:length"]  # the next call gets fresh workers
+    assert fns(PROMPTS, RESPONSES).tolist() == [len(r.split()) for r in RESPONSES]
+    processes = [process for process, _ in fns._pool._workers]
+    fns.close()
+    assert len(processes) == workers and not any(process.is_alive() for process in processes)
+
+
+def _signal_bits(pid: int) -> dict:
+    """The caught / ignored / blocked signal masks of ``pid`` from /proc."""
+    with open(f"/proc/{pid}/status") as f:
+        fields = dict(line.split(":", 1) for line in f)
+    return {key: int(fields[key], 16) for key in ("SigCgt", "SigIgn", "SigBlk")}
 
 
 @pytest.mark.timeout(60)
-def test_workers_end_when_closed_during_a_training_run(reward_file):
-    """Workers forked inside ``fit`` (whose SIGTERM handler only records the signal) still end on ``close``.
-    (A full-suite run once hung in ``Pool.terminate`` here; this test does not reproduce that race.)"""
+def test_workers_forked_during_a_training_run_do_not_keep_its_stop_handler(reward_file):
+    """Inside ``fit`` the trainer's stop handler (which only records SIGTERM) is installed; a worker must not
+    inherit it (it would outlive close's SIGTERM), and Ctrl-C is the trainer's to handle, not the workers'."""
     from minichatgpt.trainer.guards import StopRequest
 
     with StopRequest():
         fns = RewardFunctions([f"{reward_file}:length"], workers=2, timeout=30)
         fns(["a", "b"], ["x", "yy"])
+        processes = [process for process, _ in fns._pool._workers]
+        for process in processes:
+            bits = _signal_bits(process.pid)
+            term, interrupt = 1 << (signal.SIGTERM - 1), 1 << (signal.SIGINT - 1)
+            assert not bits["SigCgt"] & term and not bits["SigIgn"] & term and not bits["SigBlk"] & term
+            assert bits["SigIgn"] & interrupt
         fns.close()
-    assert fns._pool is None
+    assert fns._pool is None and not any(process.is_alive() for process in processes)
