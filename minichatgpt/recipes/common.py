@@ -20,7 +20,7 @@ from ..trainer.strategies import Strategy, build_strategy
 from ..log import get_logger, setup_logging
 from ..trainer.strategies.utils import set_seed
 from .checks import validate
-from .model_flags import model_options, save_dtype, strategy_options
+from .model_flags import model_options, rounded_adapter_warning, save_dtype, strategy_options
 from .path_checks import output_dir, saves_state_dict
 
 logger = get_logger(__name__)
@@ -43,6 +43,9 @@ def setup(args, stage: str) -> Strategy:
     setup_logging(args.log_level)
     validate(args)
     strategy = build_strategy(args.strategy, **strategy_options(args))
+    warning = rounded_adapter_warning(args)
+    if warning and strategy.is_rank0():
+        logger.warning(warning)
     set_seed(args.seed)
     if args.save_path:
         out = output_dir(args.save_path)

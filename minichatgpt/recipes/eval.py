@@ -32,12 +32,12 @@ from ..evaluation import (Contestant, LLMJudge, RewardModelJudge, SamplingSettin
                           reward_model_accuracy, sample_baseline, split_file, write_report)
 from ..nn import Actor, RewardModel, load_tokenizer
 from ..nn.loading import read_checkpoint_tensor
-from ..nn.models import ADAPTER_DIR
 from ..trainer.strategies.precision import as_dtype
 from ..trainer.strategies.utils import set_seed
 from ..config import ConfigParser, UsageError, dump_yaml, validate
 from ..log import get_logger, setup_logging
 from .configs import EvalConfig
+from .model_flags import merged_adapter_dirs
 from .path_checks import check_model_source, check_output_dir
 
 logger = get_logger(__name__)
@@ -101,13 +101,6 @@ def model_flags(args: EvalConfig) -> List[Tuple[str, str]]:
         [("--perplexity_model", v) for v in args.perplexity_model] + \
         [(f"--{flag}", getattr(args, flag)) for flag in ("baseline", "judge_rm", "judge_lm")]
     return [(flag, value) for flag, value in models if value is not None]
-
-
-def merged_adapter_models(args: EvalConfig) -> List[str]:
-    """The model directories with an ``adapter/`` folder: LoRA fine-tunes saved with their adapters merged into
-    the weights, whose small deltas a bf16/fp16 cast rounds partly away."""
-    paths = dict.fromkeys(named(value)[1] for _, value in model_flags(args))
-    return [p for p in paths if os.path.isdir(os.path.join(os.path.expanduser(p), ADAPTER_DIR))]
 
 
 def resolve_device(name: str) -> str:
@@ -202,7 +195,7 @@ def run(args: EvalConfig) -> Dict:
     setup_logging(args.log_level)
     check_args(args)
     device = resolve_device(args.device)
-    merged = merged_adapter_models(args) if args.precision != "fp32" else []
+    merged = merged_adapter_dirs(named(value)[1] for _, value in model_flags(args)) if args.precision != "fp32" else []
     if merged:
         logger.warning(f"--precision {args.precision}: {', '.join(merged)} hold LoRA adapters merged into their "
                        "weights; casting rounds much of those small deltas away (a LoRA reward model's held-out "

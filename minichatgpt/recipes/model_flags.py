@@ -10,12 +10,15 @@ config DeepSpeed strategies generate.
 import dataclasses
 import importlib.util
 import json
-from typing import Optional
+import os
+from typing import Iterable, List, Optional
 
 import torch
 
 from ..config import UsageError, option
+from ..nn.models import ADAPTER_DIR
 from ..trainer.strategies import PRECISIONS
+from .path_checks import MODEL_FLAGS
 from .placement import placement_options
 
 ATTN_IMPLEMENTATIONS = ("sdpa", "flash_attention_2", "eager")
@@ -67,6 +70,29 @@ def model_options(args, fully_trained: bool = False) -> dict:
     return {"attn_implementation": getattr(args, "attn_implementation", None),
             "trust_remote_code": getattr(args, "trust_remote_code", False),
             "dtype": torch.bfloat16 if bf16_frozen and not fully_trained else None}
+
+
+def merged_adapter_dirs(paths: Iterable[Optional[str]]) -> List[str]:
+    """The model directories among ``paths`` with an ``adapter/`` folder: LoRA fine-tunes saved with their adapters
+    merged into the weights, whose small deltas a bf16/fp16 cast rounds partly away (README, "Evaluating models")."""
+    paths = dict.fromkeys(p for p in paths if p)
+    return [p for p in paths if os.path.isdir(os.path.join(os.path.expanduser(p), ADAPTER_DIR))]
+
+
+def rounded_adapter_warning(args) -> Optional[str]:
+    """Under ``--precision bf16``, the warning that names the model flags pointing at merged LoRA fine-tunes: their
+    bf16 working weights lose much of the fine-tuning delta (None when there are none)."""
+    if getattr(args, "precision", None) != "bf16":
+        return None
+    flags = {flag: getattr(args, flag, None) for flag in MODEL_FLAGS}
+    merged = set(merged_adapter_dirs(flags.values()))
+    named = [f"--{flag} {path}" for flag, path in flags.items() if path in merged]
+    if not named:
+        return None
+    return (f"--precision bf16: {', '.join(named)} hold{'s' if len(named) == 1 else ''} LoRA adapters merged into "
+            "the weights; bf16 weights round much of that small fine-tuning delta away (a LoRA reward model's "
+            "held-out margin halved, README 'Evaluating models'), so this run starts from, or is scored by, a model "
+            "partly back at its base. Use --precision fp32 with checkpoints fine-tuned with LoRA")
 
 
 def save_dtype(args) -> Optional[str]:

@@ -3,6 +3,7 @@ as the recipes read them."""
 
 import argparse
 import json
+import logging
 
 import pytest
 import torch
@@ -12,7 +13,7 @@ from transformers import AutoModelForCausalLM
 from minichatgpt import demo
 from minichatgpt.recipes import pipeline, ppo, sft
 from minichatgpt.recipes.checks import UsageError
-from minichatgpt.recipes.model_flags import precision_problem, strategy_options
+from minichatgpt.recipes.model_flags import precision_problem, rounded_adapter_warning, strategy_options
 
 
 def _saved_dtypes(directory) -> set:
@@ -38,6 +39,47 @@ def test_bf16_sft_saves_the_source_dtype_by_default_and_save_dtype_on_request(ti
     # Starting from the bf16 checkpoint, "auto" writes bf16 again (the model trained on float32 masters).
     sft.main(["--pretrain", str(tmp_path / "bf16")] + common[2:] + ["--save_path", str(tmp_path / "again")])
     assert _saved_dtypes(tmp_path / "again") == {"BF16"}
+
+
+@pytest.fixture
+def logged():
+    """Messages of the ``minichatgpt`` logger (it does not propagate to pytest's handler) while the test runs."""
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logging.getLogger("minichatgpt").addHandler(handler)
+    yield records
+    logging.getLogger("minichatgpt").removeHandler(handler)
+
+
+def test_bf16_training_from_a_merged_lora_checkpoint_warns(tiny_model_dirs, sft_data, tmp_path, logged):
+    """A LoRA run saves merged weights plus adapter/; starting a bf16 run from that directory is warned about
+    (its delta is rounded away in bf16 weights), a fp32 run and a bf16 run from a plain directory are not."""
+    common = ["--dataset", str(sft_data), "--batch_size", "8", "--max_len", "48", "--eval_ratio", "0"]
+    lora = tmp_path / "lora"
+    sft.main(["--pretrain", tiny_model_dirs["llama"], "--lora_rank", "4", "--save_path", str(lora)] + common)
+    assert (lora / "adapter").is_dir()
+    for source, precision, warns in ((lora, "bf16", True), (lora, "fp32", False),
+                                     (tiny_model_dirs["llama"], "bf16", False)):
+        logged.clear()
+        sft.main(["--pretrain", str(source), "--precision", precision, "--save_path", str(tmp_path / "out")] + common)
+        warned = [r.getMessage() for r in logged if "LoRA adapters merged" in r.getMessage()]
+        assert warned == ([f"--precision bf16: --pretrain {lora} holds LoRA adapters merged into the weights; "
+                           "bf16 weights round much of that small fine-tuning delta away (a LoRA reward model's "
+                           "held-out margin halved, README 'Evaluating models'), so this run starts from, or is "
+                           "scored by, a model partly back at its base. Use --precision fp32 with checkpoints "
+                           "fine-tuned with LoRA"] if warns else [])
+
+
+def test_the_warning_names_each_flag_that_points_at_a_merged_fine_tune(tmp_path):
+    for name in ("sft", "rm"):
+        (tmp_path / name / "adapter").mkdir(parents=True)
+    args = argparse.Namespace(precision="bf16", pretrain=str(tmp_path / "sft"), rm_pretrain=str(tmp_path / "rm"))
+    assert f"--pretrain {tmp_path / 'sft'}, --rm_pretrain {tmp_path / 'rm'} hold LoRA" in rounded_adapter_warning(args)
+    args.rm_pretrain = str(tmp_path)  # no adapter/ folder
+    assert f"--pretrain {tmp_path / 'sft'} holds LoRA" in rounded_adapter_warning(args)
+    args.precision = "fp16"  # 8x finer than bf16: not warned about in training
+    assert rounded_adapter_warning(args) is None
 
 
 def test_flash_attention_without_flash_attn_is_a_usage_error(tiny_model_dirs, sft_data):
