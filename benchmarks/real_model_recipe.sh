@@ -20,11 +20,13 @@
 #   --until   stop after this stage (split, sft, rm_proxy, rm_gold, ppo, dpo, grpo, eval)
 #   --out     output directory (default outputs/real_model_recipe, or outputs/real_model_recipe_smoke)
 # Environment: SHARED (default ../shared, relative to the repository root), PYTHON (default python),
-#   PRECISION (default bf16: every training stage computes in bf16 with float32 masters, about 2x faster here),
+#   PRECISION (default bf16: SFT and the reward models compute in bf16 with float32 masters, about 2x faster here),
+#   POLICY_PRECISION (default fp32: PPO, DPO and GRPO start from the LoRA SFT model and score with the LoRA
+#   proxy RM, whose merged deltas bf16 would round partly away; it costs 11-51% more time per policy stage here),
 #   POLICY_LR (learning rate of the PPO, DPO and GRPO policies' LoRA adapters), KL_COEF (PPO's and GRPO's KL
 #   coefficient), DPO_BETA.
 # Writes OUT/stages.tsv (wall time and peak resident memory of each stage) and OUT/eval/{results.json,
-# report.md, report.png}. The full size took 30 minutes on 2 quiet CPU cores (README, "Evaluating models").
+# report.md, report.png}. The full size took 32 minutes on 2 quiet CPU cores (README, "Evaluating models").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -38,7 +40,7 @@ while [ $# -gt 0 ]; do
     --resume) RESUME=1; shift ;;
     --out) OUT="$2"; shift 2 ;;
     --until) UNTIL="$2"; shift 2 ;;
-    -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,29p' "$0"; exit 0 ;;
     *) echo "real_model_recipe.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -50,6 +52,7 @@ esac
 SHARED=${SHARED:-../shared}
 PYTHON=${PYTHON:-python}
 PRECISION=${PRECISION:-bf16}
+POLICY_PRECISION=${POLICY_PRECISION:-fp32}
 POLICY_LR=${POLICY_LR:-5e-4}  # PPO's and GRPO's actor, DPO's policy (LoRA adapters)
 KL_COEF=${KL_COEF:-0.05}      # PPO's and GRPO's KL-to-SFT coefficient
 DPO_BETA=${DPO_BETA:-0.1}
@@ -115,6 +118,7 @@ run_stage() {
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 MCG=("$PYTHON" -m minichatgpt.cli)
 P=(--precision "$PRECISION")
+PP=(--precision "$POLICY_PRECISION")
 
 # 0. disjoint parts of the pairs, by prompt
 stage split "${MCG[@]}" eval --split "$PAIRS" --split_parts "$PARTS" --seed 0 --output_dir "$OUT/data"
@@ -137,19 +141,19 @@ stage rm_gold "${MCG[@]}" rm "${P[@]}" --pretrain "$MODEL" --dataset "$OUT/data/
 
 # 4. PPO from the SFT model against the proxy reward model, on the proxy part's prompts
 # shellcheck disable=SC2086
-stage ppo "${MCG[@]}" ppo "${P[@]}" --pretrain "$OUT/sft" --rm_pretrain "$OUT/rm_proxy" --prompt_path "$OUT/data/proxy.jsonl" \
+stage ppo "${MCG[@]}" ppo "${PP[@]}" --pretrain "$OUT/sft" --rm_pretrain "$OUT/rm_proxy" --prompt_path "$OUT/data/proxy.jsonl" \
   --lora_rank "$LORA" $PPO_SIZE --max_input_len 96 --max_new_tokens "$NEW_TOKENS" --actor_lr "$POLICY_LR" \
   --critic_lr 1e-4 --kl_coef "$KL_COEF" --ptx_coef 0 --log_interval 1 --save_path "$OUT/ppo"
 
 # 5. DPO from the same SFT model on the proxy part's pairs (the reference is the SFT model: adapters off)
-stage dpo "${MCG[@]}" dpo "${P[@]}" --pretrain "$OUT/sft" --dataset "$OUT/data/proxy.jsonl" \
+stage dpo "${MCG[@]}" dpo "${PP[@]}" --pretrain "$OUT/sft" --dataset "$OUT/data/proxy.jsonl" \
   --max_datasets_size "$DPO_SIZE" --lora_rank "$LORA" --max_len "$MAX_LEN" --batch_size 4 --accumulation_steps 2 \
   --lr "$POLICY_LR" --beta "$DPO_BETA" --loss_type sigmoid --max_epochs 1 --eval_ratio 0.05 --log_interval "$LOG" \
   --save_path "$OUT/dpo"
 
 # 6. GRPO from the same SFT model against the proxy reward model, on the proxy part's prompts (no critic)
 # shellcheck disable=SC2086
-stage grpo "${MCG[@]}" grpo "${P[@]}" --pretrain "$OUT/sft" --rm_pretrain "$OUT/rm_proxy" \
+stage grpo "${MCG[@]}" grpo "${PP[@]}" --pretrain "$OUT/sft" --rm_pretrain "$OUT/rm_proxy" \
   --prompt_path "$OUT/data/proxy.jsonl" --algo grpo --lora_rank "$LORA" $GRPO_SIZE --max_input_len 96 \
   --max_new_tokens "$NEW_TOKENS" --actor_lr "$POLICY_LR" --kl_coef "$KL_COEF" --log_interval 1 --save_path "$OUT/grpo"
 POLICIES=("ppo=$OUT/ppo" "dpo=$OUT/dpo" "grpo=$OUT/grpo")

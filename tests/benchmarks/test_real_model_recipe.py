@@ -32,6 +32,9 @@ def test_real_model_recipe_smoke(tmp_path):
     stages = [line.split("\t")[0] for line in (out / "stages.tsv").read_text().splitlines()[1:]]
     assert stages == ["split", "sft", "rm_proxy", "rm_gold", "ppo", "dpo", "grpo", "eval"]
     assert "precision: fp32" in (out / "eval" / "config.yaml").read_text()  # merged LoRA deltas kept unrounded
+    # by default SFT and the RMs train in bf16, the policies (from the merged LoRA SFT model) in float32
+    for name, precision in (("sft", "bf16"), ("rm_gold", "bf16"), ("ppo", "fp32"), ("dpo", "fp32"), ("grpo", "fp32")):
+        assert f"precision: {precision}" in (out / name / "config.yaml").read_text(), name
     parts = {name: {json.dumps(json.loads(line)) for line in (out / "data" / f"{name}.jsonl").read_text().splitlines()}
              for name in ("proxy", "gold", "heldout")}
     assert not (parts["proxy"] & parts["gold"]) and not (parts["heldout"] & (parts["proxy"] | parts["gold"]))
